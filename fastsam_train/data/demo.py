@@ -19,13 +19,15 @@ from pycocotools import mask as mask_utils
 KINDS = ("ellipse", "rectangle", "polygon", "ring", "two_part", "nested")
 
 
-def _shape(kind: str, rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
-    """One filled shape (H, W) uint8 {0, 1} of the given kind, at a random place and size."""
+def random_shape(kind: str, rng: np.random.Generator, hw: tuple[int, int],
+                 size_range: tuple[float, float] = (0.03, 0.3)) -> np.ndarray:
+    """One filled shape (H, W) uint8 {0, 1} of the given kind, at a random place; its half
+    size is log-uniform in ``size_range`` times the short image side."""
     h, w = hw
     mask = np.zeros(hw, np.uint8)
     side = min(h, w)
     cx, cy = int(rng.uniform(0.1, 0.9) * w), int(rng.uniform(0.1, 0.9) * h)
-    ax = int(side * np.exp(rng.uniform(np.log(0.03), np.log(0.3))))
+    ax = max(2, int(side * np.exp(rng.uniform(*np.log(size_range)))))
     ay = max(3, int(ax * rng.uniform(0.5, 1.5)))
     if kind in ("ellipse", "nested", "two_part"):
         cv2.ellipse(mask, (cx, cy), (ax, ay), float(rng.uniform(0, 180)), 0, 360, 1, -1)
@@ -56,7 +58,7 @@ def synth_image(rng: np.random.Generator, hw: tuple[int, int],
     shapes: list[tuple[np.ndarray, bool]] = []  # (mask, is a part of the previous object)
     for _ in range(num_objects):
         kind = KINDS[int(rng.integers(len(KINDS)))]
-        mask = _shape(kind, rng, hw)
+        mask = random_shape(kind, rng, hw)
         image[mask > 0] = rng.uniform(0, 255, 3)
         shapes.append((mask, False))
         if kind == "nested":  # a part inside the whole: both are annotated, as in SA-1B

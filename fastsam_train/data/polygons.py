@@ -17,9 +17,10 @@ All coordinates here are in output pixels (x right, y down) unless a name says `
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 MULTIPART_MODES = ("merge", "largest")
 
@@ -84,34 +85,42 @@ def decode_rle_crop(rle: dict) -> tuple[np.ndarray, int, int] | None:
     return crop_t.T, x0, y0
 
 
-def area_taps(src_start: int, src_len: int, scale: float) -> tuple[int, np.ndarray, np.ndarray]:
-    """Area-resampling taps for source pixels ``[src_start, src_start + src_len)`` at ``scale``.
+@lru_cache(maxsize=64)
+def _global_taps(src_total: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Area-resampling taps of a whole image axis: ``(first (J,), weight (J, K))``.
 
-    Output pixel J covers source ``[J / scale, (J + 1) / scale)`` on the *global* grid, exactly
-    as ``cv2.resize(..., INTER_AREA)`` of the full image does. Returns ``(out_start, idx, w)``:
-    idx/w are (out_len, K) indices into the crop and overlap weights (rows sum to <= 1; taps
-    outside the crop get weight 0, the mask being empty there).
+    Output pixel J covers source ``[J / scale, (J + 1) / scale)``, exactly as
+    ``cv2.resize(..., INTER_AREA)`` of the full image does; tap k is source pixel first[J] + k
+    with weight = overlap * scale. Cached: every mask of an image shares its axes.
     """
     inv = 1.0 / scale
+    out_total = int(np.ceil(src_total * scale)) + 1
+    lo = np.arange(out_total) * inv
+    first = np.floor(lo).astype(np.int64)
+    src = first[:, None] + np.arange(int(np.ceil(inv)) + 1)[None, :]
+    overlap = np.minimum(src + 1, lo[:, None] + inv) - np.maximum(src, lo[:, None])
+    weight = np.where(src < src_total, np.clip(overlap, 0, None) * scale, 0.0)
+    return first, weight.astype(np.float32)
+
+
+def area_taps(src_start: int, src_len: int, scale: float,
+              src_total: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Taps for the crop ``[src_start, src_start + src_len)`` of an axis of ``src_total`` pixels.
+
+    Returns ``(out_start, idx, w)``: idx/w (out_len, K) index the crop and weight it; taps
+    outside the crop get weight 0 (the mask is empty there).
+    """
+    first, weight = _global_taps(src_total, scale)
     out_start = int(np.floor(src_start * scale))
     out_end = max(out_start + 1, int(np.ceil((src_start + src_len) * scale)))
-    lo = np.arange(out_start, out_end) * inv  # (out_len,) source interval of each output pixel
-    hi = lo + inv
-    k = int(np.ceil(inv)) + 1
-    first = np.floor(lo).astype(np.int64)
-    src = first[:, None] + np.arange(k)[None, :]  # (out_len, K) global source pixels
-    overlap = np.minimum(src + 1, hi[:, None]) - np.maximum(src, lo[:, None])
-    weight = np.clip(overlap, 0, None) * scale
-    idx = src - src_start
+    idx = first[out_start:out_end, None] - src_start + np.arange(weight.shape[1])[None, :]
     inside = (idx >= 0) & (idx < src_len)
-    return out_start, np.where(inside, idx, 0), np.where(inside, weight, 0.0).astype(np.float32)
+    return out_start, np.where(inside, idx, 0), np.where(inside, weight[out_start:out_end], 0)
 
 
 def _resample_axis0(arr: np.ndarray, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
-    out = np.zeros((idx.shape[0],) + arr.shape[1:], dtype=np.float32)
-    for t in range(idx.shape[1]):
-        out += w[:, t, None] * arr[idx[:, t]]
-    return out
+    """(n, m) -> (len(idx), m): each output row is the w-weighted sum of rows idx."""
+    return np.einsum("jk,jkc->jc", w, arr[idx].astype(np.float32))
 
 
 def mask_crop_at_scale(
@@ -127,15 +136,16 @@ def mask_crop_at_scale(
     if decoded is None:
         return None
     crop, x0, y0 = decoded
-    bh, bw = crop.shape
     if scale_xy == (1.0, 1.0):
         return np.ascontiguousarray(crop), x0, y0
-    oy, iy, wy = area_taps(y0, bh, scale_xy[1])
-    ox, ix, wx = area_taps(x0, bw, scale_xy[0])
-    rows = _resample_axis0(crop, iy, wy)  # (h', bw)
-    both = _resample_axis0(np.ascontiguousarray(rows.T), ix, wx).T  # (h', w')
+    src_h, src_w = rle["size"]
+    bh, bw = crop.shape
+    ox, ix, wx = area_taps(x0, bw, scale_xy[0], src_w)
+    oy, iy, wy = area_taps(y0, bh, scale_xy[1], src_h)
+    cols = _resample_axis0(crop.T, ix, wx)  # crop.T is the contiguous (w, h) storage
+    both = _resample_axis0(np.ascontiguousarray(cols.T), iy, wy)  # (h', w')
     # 0.5 - 1e-6: cv2's uint8 INTER_AREA rounds 127.5 up, the reference keeps >= 128
-    return np.ascontiguousarray(both >= 0.5 - 1e-6).astype(np.uint8), ox, oy
+    return (both >= 0.5 - 1e-6).astype(np.uint8), ox, oy
 
 
 def mask_rings(mask: np.ndarray, min_part_area: float, epsilon: float) -> list[list[np.ndarray]]:

@@ -96,8 +96,8 @@ def annotation_skip(ann: dict, hw: tuple[int, int], opts: RecordOptions) -> str 
 
 def label_line(polygon: np.ndarray, size: tuple[int, int]) -> str:
     """``0 x1 y1 ...`` with coordinates normalised by (w, h) of ``size=(h, w)``."""
-    norm = polygon / np.array([size[1], size[0]], dtype=np.float32)
-    return "0 " + " ".join(f"{v:.6f}" for v in norm.reshape(-1))
+    norm = (polygon / np.array([size[1], size[0]], dtype=np.float32)).reshape(-1)
+    return "0 " + " ".join(["%.6f"] * norm.size) % tuple(norm.tolist())
 
 
 def instance_meta(ann: dict, scale: tuple[float, float]) -> dict:

@@ -1,0 +1,30 @@
+"""Shared fixtures: demo SA-1B tars written on the fly, the optional ../shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fastsam_train.data.demo import make_demo_sa1b
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def demo_tars(tmp_path_factory) -> list[Path]:
+    """Two SA-1B-format tars of 6 synthetic 240x320 images each (read-only: copy to modify)."""
+    return make_demo_sa1b(tmp_path_factory.mktemp("sa1b"), num_tars=2, images_per_tar=6,
+                          height=240, width=320, seed=1)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
