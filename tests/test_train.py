@@ -1,0 +1,152 @@
+"""Training end to end on demo shards: it learns, exports, resumes after kill -9, runs DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from fastsam_train import ultra
+from fastsam_train.train.run import train
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["data.imgsz=128", "data.batch_size=4", "data.make_demo.images_per_tar=24",
+         "~callbacks.progress"]
+
+
+def compose_train(out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={out}",
+                                           f"data.shards={out.parent / 'demo' / 'shards'}",
+                                           *overrides])
+
+
+def val_rows(run_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        rows += [r for r in csv.DictReader(path.open()) if r.get("val/ar_100")]
+    return rows
+
+
+def run_cli(run_dir: Path, *overrides: str, wait: bool = True):
+    args = [sys.executable, str(REPO / "train.py"), f"hydra.run.dir={run_dir}",
+            f"data.shards={run_dir.parent / 'demo' / 'shards'}", *SMALL, *overrides]
+    if not wait:
+        return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True)
+
+
+def test_demo_training_learns_and_exports(tmp_path):
+    """The default CPU demo: held-out mask AR@100 goes from 0 to well above it (measured 0.147
+    after 12 epochs; floor 0.05); the EMA export loads and predicts in ultralytics."""
+    out = tmp_path / "run"
+    metrics = train(compose_train(out, "~callbacks.progress", "logger=wandb",
+                                  "logger.wandb.offline=true"))
+    rows = val_rows(out)
+    first, last = float(rows[0]["val/ar_100"]), metrics["val/ar_100"]
+    assert len(rows) == 12 and first < 0.01 and last >= 0.05, (first, last)
+    assert any(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(list((out / "overlays").glob("*.png"))) == 12
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(out / "weights" / "last.pt"))
+    assert yolo.model.model[-1].reg_max == 26
+    image = np.full((256, 256, 3), 127, np.uint8)
+    result = yolo.predict(image, imgsz=256, device="cpu", verbose=False)[0]
+    assert result.boxes is not None
+    model = ultra.build_model("n", nc=1, reg_max=26)
+    report = ultra.import_ultralytics_checkpoint(out / "weights" / "last.pt", model,
+                                                 allow_pickle=True)
+    assert not report.missing and not report.mismatched
+
+
+def checkpoint_state(path: Path):
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # being replaced right now
+        return None
+    progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    return ckpt["epoch"], progress["is_last_batch"]
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+    common = ["trainer.max_epochs=3", "callbacks.last.every_n_train_steps=2"]
+    run_cli(tmp_path / "a", *common)
+    proc = run_cli(tmp_path / "b", *common, wait=False)
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    seen, killed_at = None, None
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if last.exists() and last.stat().st_mtime != seen:
+            seen = last.stat().st_mtime
+            state = checkpoint_state(last)
+            if state and state[0] >= 1 and not state[1]:  # mid-epoch, epoch >= 1
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = state
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None, "the run ended before a mid-epoch checkpoint was seen"
+    run_cli(tmp_path / "b", *common, "ckpt_path=last")
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False) for d in "ab")
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"] == 2
+    assert a["ema"]["updates"] == b["ema"]["updates"]
+    loss_a, loss_b = (float(val_rows(tmp_path / d)[-1]["val/loss_seg"]) for d in "ab")
+    assert abs(loss_a - loss_b) / loss_a < 0.05
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    run_cli(tmp_path / "ddp", "trainer=ddp_sim", "trainer.max_epochs=1", "data.num_workers=1")
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    sizes = (tmp_path / "demo" / "shards" / "train" / "sizes.json").read_text()
+    total = sum(__import__("json").loads(sizes).values())
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == \
+        total // (2 * 4)
+    val_total = sum(__import__("json").loads(
+        (tmp_path / "demo" / "shards" / "val" / "sizes.json").read_text()).values())
+    assert float(val_rows(tmp_path / "ddp")[-1]["val/images"]) == val_total
+
+
+@pytest.mark.parametrize("experiment", ["fastsam_x", "fastsam_s", "demo_cpu"])
+def test_every_experiment_runs_one_batch(tmp_path, experiment):
+    cfg = compose_train(tmp_path / "run", f"+experiment={experiment}", "debug=fdr",
+                        "trainer=cpu", "logger=csv", "data=demo", "data.imgsz=64",
+                        "data.batch_size=2", "data.num_workers=0", *SMALL[2:])
+    train(cfg)
+
+
+def nan_loss(model):
+    def loss_fn(preds, batch):
+        zero = sum(p.sum() for p in model.parameters()) * 0
+        return zero + float("nan"), {k: torch.tensor(0.0) for k in ultra.LOSS_NAMES}
+    return loss_fn
+
+
+def test_nonfinite_loss_stops_with_the_batch_or_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(ultra, "build_loss", nan_loss)
+    base = [*SMALL, "trainer.max_epochs=1", "data.num_workers=0", "export=false"]
+    with pytest.raises(FloatingPointError, match=r"batch 0 \(samples \[.sa_"):
+        train(compose_train(tmp_path / "stop", *base))
+    metrics = train(compose_train(tmp_path / "skip", *base, "on_nonfinite=skip"))
+    assert metrics["train/nonfinite_skipped"] >= 1
+
+
+def test_missing_shards_fail_clearly(tmp_path):
+    cfg = compose_train(tmp_path / "run", "data.make_demo=null", "~callbacks.progress")
+    with pytest.raises(FileNotFoundError, match="no train shards"):
+        train(cfg)
+    cfg = compose_train(tmp_path / "run", "ckpt_path=last", *SMALL)
+    with pytest.raises(FileNotFoundError, match="checkpoint to resume"):
+        train(cfg)
