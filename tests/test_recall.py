@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from fastsam_train.metrics.recall import ar_curve, average_recall
+from fastsam_train.metrics.recall import ar_curve, average_recall, recall_table
 
 
 def box_gt(boxes_per_image):
@@ -65,3 +65,47 @@ def test_bad_inputs():
     assert average_recall(gt, [], "bbox")["ar_100"] == 0.0
     with pytest.raises(ValueError, match="iou_type"):
         average_recall(gt, [], "keypoints")
+
+
+def jittered_proposals(gt: dict, count: int, seed: int = 0) -> list[dict]:
+    """Per image: its GT boxes jittered (as RLE masks) plus random boxes, random scores."""
+    rng = np.random.default_rng(seed)
+    by_image: dict[int, list] = {}
+    for ann in gt["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    props = []
+    for img in gt["images"]:
+        h, w = img["height"], img["width"]
+        anns = by_image.get(img["id"], [])
+        for k in range(count):
+            if k < len(anns):
+                x, y, bw, bh = np.array(anns[k]["bbox"]) + rng.normal(0, 4, 4)
+            else:
+                bw, bh = rng.uniform(4, w / 2), rng.uniform(4, h / 2)
+                x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            mask = np.zeros((h, w), np.uint8)
+            mask[max(int(y), 0) : max(int(y + bh), 1), max(int(x), 0) : max(int(x + bw), 1)] = 1
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode()
+            props.append({"image_id": img["id"], "segmentation": rle,
+                          "bbox": [float(x), float(y), float(bw), float(bh)],
+                          "score": float(rng.random())})
+    return props
+
+
+@pytest.mark.parametrize("name", ["coco", "lvis"])
+def test_engines_agree_exactly_on_real_annotations(shared_data, name):
+    import json
+
+    path = (shared_data / "coco_sample" / "panoptic_coco_detection_format.json"
+            if name == "coco" else shared_data / "lvis_sample" / "lvis_v0.5_val_100.json")
+    gt = json.loads(path.read_text())
+    for ann in gt["annotations"]:
+        ann.setdefault("iscrowd", 0)
+    gt["images"] = gt["images"][:12]
+    props = jittered_proposals(gt, count=60)
+    for iou_type in ("segm", "bbox"):
+        slow = recall_table(gt, props, iou_type, (1, 10, 100), engine="pycocotools")
+        fast = recall_table(gt, props, iou_type, (1, 10, 100), engine="faster")
+        np.testing.assert_array_equal(slow, fast)
+        assert 0.05 < average_recall(gt, props, iou_type, (1, 10, 100))["ar_100"] < 1.0
