@@ -470,3 +470,65 @@ def import_ultralytics_checkpoint(
         raise RuntimeError(f"{path}: missing {report.missing}, mismatched {report.mismatched}")
     model.load_state_dict(matched, strict=False)
     return report
+
+
+# --- inference (fastsam_train.infer) ------------------------------------------------------------
+class _InferenceNetwork(nn.Module):
+    """(B, 3, H, W) float RGB in [0, 1] -> ``raw`` (B, 4 + nc + 32, A): xywh boxes in input pixels,
+    sigmoid class scores, mask coefficients; and ``proto`` (B, 32, H/4, W/4)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (raw, proto), _ = self.model(x)  # eval mode: ((predictions, prototypes), raw head dict)
+        return raw, proto
+
+
+def inference_network(model: SegmentationModel, fuse: bool = True) -> nn.Module:
+    """``model`` in eval mode (Conv+BN folded when ``fuse``, about 10-20 % faster) wrapped to return
+    only ``(raw, proto)``: the two tensors post-processing needs and ONNX exports. Modifies
+    ``model`` in place."""
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if fuse:
+        model = model.fuse(verbose=False)
+    return _InferenceNetwork(model).eval()
+
+
+def read_pickled_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """float32 state_dict of the model in an ultralytics ``.pt`` (its "ema", else "model").
+
+    **Unpickles the file: it runs code from it.** Callers must have the user's explicit consent.
+    ultralytics' loader remaps the module paths of 8.0.x pickles (``ultralytics.yolo.utils`` ->
+    ``ultralytics.utils``, ``ultralytics.yolo.v8`` -> ``ultralytics.models.yolo``, ...), which
+    is what lets the official FastSAM-x.pt / FastSAM-s.pt (trained with 8.0.x) load here."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(path)  # else ultralytics would try to download a same-named asset
+    ckpt, _ = torch_safe_load(str(path), safe_only=False)
+    source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(source, nn.Module):
+        raise TypeError(f"{path} holds no ultralytics model under 'ema' or 'model'")
+    return {k: v.float() if v.is_floating_point() else v for k, v in source.state_dict().items()}
+
+
+def model_config_from_state_dict(
+    state_dict: dict[str, torch.Tensor], arch: str = "yolov8-seg"
+) -> dict[str, Any]:
+    """``{arch, scale, nc, reg_max}`` of a YOLOv8-seg state_dict, read from tensor shapes: the scale
+    from the stem width (``model.0.conv.weight``: n 16, s 32, m 48, l 64, x 80 channels), reg_max
+    from the DFL conv, nc from the last class conv. ``build_model(**config)`` rebuilds it."""
+    widths = {math.ceil(min(64, mc) * w / 8) * 8: s
+              for s, (_, w, mc) in YAML.load(ROOT / "cfg" / "models" / "v8" / f"{arch}.yaml")
+              ["scales"].items()}
+    stem = state_dict.get("model.0.conv.weight")
+    dfl = [v for k, v in state_dict.items() if k.endswith(".dfl.conv.weight")]
+    cls = sorted((k for k in state_dict if ".cv3.0." in k and k.endswith(".weight")),
+                 key=lambda k: k.split(".cv3.0.")[1])
+    if stem is None or len(dfl) != 1 or not cls or stem.shape[0] not in widths:
+        raise ValueError(f"not a {arch} state_dict (stem {None if stem is None else stem.shape}, "
+                         f"{len(dfl)} DFL layers)")
+    return {"arch": arch, "scale": widths[stem.shape[0]], "nc": int(state_dict[cls[-1]].shape[0]),
+            "reg_max": int(dfl[0].shape[1])}

@@ -1,0 +1,251 @@
+"""FastSAM's Table 1 on this machine: ms per image, FastSAM-x / -s against SAM ViT-B.
+
+    python data_tools/bench_infer.py            # one full run (SAM E32 alone takes ~6 min/image)
+    python data_tools/bench_infer.py --quick    # skips SAM E32 and extrapolates it (labelled)
+
+All networks have random weights (speed does not depend on them; no download). FastSAM runs the
+whole pipeline (letterbox, network at 1024, NMS, masks at the original resolution): with the
+official thresholds (conf 0.4, random weights find few masks) and with conf 0.001 / max_det 300
+to force hundreds of masks. Random weights give boxes covering most of the image, the worst case
+for mask assembly, so post-processing is also timed on the same network output with SA-1B-like
+box sizes. A FastSAM point prompt is everything mode plus a selection over its masks; SAM's is
+its image encoder plus one decoder pass over all points. Text: CLIP ViT-B/32 over 100 masked
+crops, batched against one call per crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from fastsam_train import ultra
+from fastsam_train.infer import Predictor
+from fastsam_train.infer.postprocess import decode_detections, segment_image, torch_threads
+from fastsam_train.infer.text import masked_crops, score_masks
+from fastsam_train.infer.weights import Weights, build_network
+
+POINTS = (1, 10, 100)
+
+
+def synthetic_image(h: int = 768, w: int = 1024, seed: int = 0) -> np.ndarray:
+    """An RGB image of overlapping shapes with noise (content does not change the timings)."""
+    rng = np.random.default_rng(seed)
+    image = np.full((h, w, 3), 90, np.uint8)
+    for _ in range(40):
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(10, 200))
+        cv2.circle(image, (x, y), r, colour, -1) if rng.random() < 0.5 else \
+            cv2.rectangle(image, (x, y), (x + r, y + r), colour, -1)
+    return (image + rng.integers(0, 25, image.shape)).clip(0, 255).astype(np.uint8)
+
+
+def timed(fn: Callable, repeats: int = 1) -> tuple[float, object]:
+    """(median seconds over ``repeats`` runs, last result)."""
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def fastsam_rows(scale: str, image: np.ndarray, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = ultra.build_model(scale)
+    weights = Weights({"arch": "yolov8-seg", "scale": scale, "nc": 1, "reg_max": 26},
+                      model.state_dict(), "random")
+    official = Predictor(build_network(weights))  # imgsz 1024, conf 0.4, iou 0.9, max_det 100
+    many = official.with_options(conf=0.001, max_det=300)
+    official.everything(image)  # warm-up
+    row = {}
+    for name, predictor in (("official", official), ("many", many)):
+        parts = []
+
+        def run(p=predictor, parts=parts):
+            seg = p.everything(image)[0]
+            parts.append(dict(p.timing))
+            return seg
+
+        row[name], seg = timed(run, repeats)
+        row[f"{name}_masks"] = len(seg)
+        row[f"{name}_post"] = statistics.median(p["postprocess"] for p in parts)
+        row[f"{name}_forward"] = statistics.median(p["forward"] for p in parts)
+    rng = np.random.default_rng(0)
+    h, w = image.shape[:2]
+    for n in POINTS:
+        pts = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], 1)
+        labels = (rng.random(n) < 0.8).astype(int)
+        row[f"points_{n}"] = timed(lambda p=pts, lab=labels: many.points(seg, p, lab),
+                                   repeats)[0]
+    row["realistic_post"], row["realistic_masks"] = realistic_post(many, image, repeats)
+    row["segmentation"] = seg
+    return row
+
+
+def realistic_post(predictor: Predictor, image: np.ndarray, repeats: int) -> tuple[float, int]:
+    """Post-processing of the network's own output for 300 detections whose boxes have SA-1B-like
+    sizes (sides log-uniform in 16..600 px at 1024) instead of random-weight boxes."""
+    from fastsam_train.infer.geometry import letterbox_batch
+
+    o = predictor.options
+    x, (lb,) = letterbox_batch([image], o.imgsz)
+    with torch.inference_mode():
+        raw, proto = predictor.network(x.float() / 255)
+    boxes, scores, coeff = decode_detections(raw, 0.0, 1.0, 300)[0]
+    rng = np.random.default_rng(0)
+    n = len(scores)
+    sides = np.exp(rng.uniform(np.log(16), np.log(600), (n, 2)))
+    left, top, right, bottom = lb.content_box
+    x1 = rng.uniform(left, right - 16, n)
+    y1 = rng.uniform(top, bottom - 16, n)
+    real = torch.tensor(np.stack([x1, y1, np.minimum(x1 + sides[:, 0], right),
+                                  np.minimum(y1 + sides[:, 1], bottom)], 1), dtype=torch.float32)
+
+    def post():
+        with torch_threads(1):
+            det = decode_detections(raw, o.conf, o.iou, o.max_det)  # NMS cost included
+            return segment_image((real, scores, coeff), proto[0], lb, o.snap_border,
+                                 o.full_iou, chunk=o.chunk), det
+    seconds, (seg, _) = timed(post, repeats)
+    return seconds, len(seg)
+
+
+def sam_rows(image: np.ndarray, quick: bool) -> dict:
+    from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"](checkpoint=None).eval()
+    predictor = SamPredictor(sam)
+    row = {}
+    with torch.inference_mode():
+        row["encoder"], _ = timed(lambda: predictor.set_image(image))
+        rng = np.random.default_rng(0)
+        h, w = image.shape[:2]
+        for n in POINTS:
+            pts = np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], 1)[:, None]
+            coords = predictor.transform.apply_coords_torch(torch.as_tensor(pts).float(), (h, w))
+            labels = torch.ones(n, 1, dtype=torch.long)
+            row[f"decode_{n}"], _ = timed(lambda c=coords, lab=labels: predictor.predict_torch(
+                c, lab, multimask_output=True))
+            row[f"points_{n}"] = row["encoder"] + row[f"decode_{n}"]
+        row["E16"], masks = timed(lambda: SamAutomaticMaskGenerator(
+            sam, points_per_side=16).generate(image))
+        row["E16_masks"] = len(masks)
+        if quick:
+            row["E32"] = row["encoder"] + 4 * (row["E16"] - row["encoder"])
+            row["E32_extrapolated"] = True
+        else:
+            row["E32"], masks = timed(lambda: SamAutomaticMaskGenerator(
+                sam, points_per_side=32).generate(image))
+            row["E32_masks"] = len(masks)
+    return row
+
+
+def text_rows(seg, image: np.ndarray, n: int = 100) -> dict:
+    import open_clip
+
+    torch.manual_seed(0)
+    from fastsam_train.infer.text import Clip
+
+    model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    cfg = model.visual.preprocess_cfg
+    clip = Clip(model, open_clip.get_tokenizer("ViT-B-32"), tuple(cfg["size"]),
+                torch.tensor(cfg["mean"]).view(3, 1, 1), torch.tensor(cfg["std"]).view(3, 1, 1),
+                torch.device("cpu"))
+    rgb = torch.from_numpy(image).permute(2, 0, 1)
+    masks = seg.masks[:n]
+    clip.encode_images(masked_crops(rgb, masks[:2], clip.size))  # warm-up
+    batched, _ = timed(lambda: score_masks(clip, rgb, masks, ["a dog"], min_area=0))
+
+    def one_call_per_crop():
+        text = clip.encode_texts(["a dog"])
+        return [clip.encode_images(masked_crops(rgb, masks[k:k + 1], clip.size)) @ text.T
+                for k in range(len(masks))]
+    single, _ = timed(one_call_per_crop)
+    return {"masks": len(masks), "batched": batched, "single": single}
+
+
+def print_table(results: dict) -> None:
+    sam, cols = results.get("sam"), [f"{n} pt" for n in POINTS] + ["E16", "E32"]
+    print("\nms per image (one 1024x768 image, everything mode includes post-processing)")
+    print(f"{'method':<34}" + "".join(f"{c:>12}" for c in cols))
+    if sam:
+        vals = [sam[f"points_{n}"] for n in POINTS] + [sam["E16"], sam["E32"]]
+        mark = " *" if sam.get("E32_extrapolated") else ""
+        print(f"{'SAM ViT-B':<34}" + "".join(f"{v * 1e3:>12.0f}" for v in vals) + mark)
+    for scale in ("x", "s"):
+        r = results[scale]
+        vals = [r["many"] + r[f"points_{n}"] for n in POINTS] + [r["many"], r["many"]]
+        name = f"FastSAM-{scale} ({r['many_masks']} masks)"
+        print(f"{name:<34}" + "".join(f"{v * 1e3:>12.0f}" for v in vals))
+    if sam and sam.get("E32_extrapolated"):
+        print("* E32 extrapolated from E16: encoder + 4 x (E16 - encoder) (--quick)")
+    print("\nFastSAM everything mode in detail (median of the repeats)")
+    for scale in ("x", "s"):
+        r = results[scale]
+        for name in ("official", "many"):
+            print(f"  FastSAM-{scale} {name:>8}: {r[name] * 1e3:8.0f} ms total, forward "
+                  f"{r[f'{name}_forward'] * 1e3:.0f} ms, post-processing "
+                  f"{r[f'{name}_post'] * 1e3:.0f} ms ({r[f'{name}_post'] / r[name]:.1%}) for "
+                  f"{r[f'{name}_masks']} masks")
+        real = r["realistic_post"]
+        total = r["many_forward"] + real
+        print(f"  FastSAM-{scale} SA-1B-like boxes: post-processing {real * 1e3:.0f} ms for "
+              f"{r['realistic_masks']} masks = {real / total:.1%} of forward + post")
+    print("\nratios")
+    if sam:
+        for scale in ("x", "s"):
+            r = results[scale]
+            print(f"  SAM-B E32 / FastSAM-{scale} everything: {sam['E32'] / r['many']:.1f}x   "
+                  f"SAM-B E16 / FastSAM-{scale}: {sam['E16'] / r['many']:.1f}x   "
+                  f"SAM-B 100 pt / FastSAM-{scale} 100 pt: "
+                  f"{sam['points_100'] / (r['many'] + r['points_100']):.1f}x")
+    for scale in ("x", "s"):
+        r = results[scale]
+        print(f"  FastSAM-{scale} 100 pt / 1 pt: "
+              f"{(r['many'] + r['points_100']) / (r['many'] + r['points_1']):.3f}")
+    if "text" in results:
+        t = results["text"]
+        print(f"  text prompt over {t['masks']} masks: batched {t['batched']:.1f} s, one CLIP "
+              f"call per crop {t['single']:.1f} s -> {t['single'] / t['batched']:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip SAM E32 (extrapolated)")
+    parser.add_argument("--no-sam", action="store_true", help="FastSAM rows only")
+    parser.add_argument("--no-text", action="store_true", help="skip the CLIP text benchmark")
+    parser.add_argument("--image", help="an image file instead of the synthetic 1024x768 one")
+    parser.add_argument("--repeats", type=int, default=3, help="FastSAM runs per setting")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    image = synthetic_image() if not args.image else cv2.imread(args.image)[..., ::-1].copy()
+    print(f"image {image.shape[1]}x{image.shape[0]}, torch threads {args.threads}")
+    results = {}
+    for scale in ("x", "s"):
+        results[scale] = fastsam_rows(scale, image, args.repeats)
+        print(f"FastSAM-{scale} done", flush=True)
+    if not args.no_text:
+        results["text"] = text_rows(results["x"]["segmentation"], image)
+        print("text done", flush=True)
+    if not args.no_sam:
+        results["sam"] = sam_rows(image, args.quick)
+    for scale in ("x", "s"):
+        results[scale].pop("segmentation")
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

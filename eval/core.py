@@ -1,0 +1,204 @@
+"""The evaluator protocol and the one inference loop shared by every COCO / LVIS task.
+
+    predictions = inference_stream(dataset, predictor, images, batch_size=1, max_dets=1000)
+    metrics = evaluate_stream(predictions, [ProposalEvaluator(dataset.gt)], total=len(images))
+
+As in detectron2: an evaluator is ``reset()`` / ``process(inputs, outputs)`` / ``evaluate()``;
+the loop reads each image once, runs the predictor, turns its output into a ``Prediction``
+(COCO RLE with area and box precomputed) and hands it to every evaluator. Saved predictions
+(``report.read_predictions``) go through the same ``evaluate_stream``. Single process: a
+multi-rank version would gather inside ``evaluate()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from eval.datasets import EvalDataset
+
+RLE_CHUNK = 64  # masks encoded at once: bounds the dense uint8 copy to 64 x H x W bytes
+AREA_CHUNK = 255  # pycocotools' mask.area() fails on more RLEs at once with NumPy 2
+
+
+class EmptyPredictionsError(ValueError):
+    """Nothing to score: reporting 0.000 here would hide a broken pipeline (FastSAM #183)."""
+
+
+class Predictor(Protocol):
+    """What the loop needs from a model (everything mode).
+
+    ``predict(images)``: RGB uint8 arrays (H, W, 3) -> one dict per image with ``scores`` (n,),
+    ``boxes`` (n, 4) xyxy in original pixels, and either ``masks`` bool (n, H, W) at the original
+    image size (numpy or torch) or ``rles`` (n COCO RLE dicts of size [H, W]).
+    """
+
+    def predict(self, images: list[np.ndarray]) -> list[dict]: ...
+
+
+class Evaluator(Protocol):
+    """detectron2's DatasetEvaluator: ``reset()`` before a run, ``process(inputs, outputs)``
+    with image records (``id``, ``height``, ``width``, ...) and their ``Prediction``s,
+    ``evaluate()`` -> ``/``-namespaced metrics (raises rather than report an empty run)."""
+
+    def reset(self) -> None: ...
+
+    def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+
+@dataclass
+class Prediction:
+    """One image's proposals by descending score: ``rles`` (COCO RLE, ``counts`` str),
+    ``areas`` (n,) mask pixels, ``mask_boxes`` (n, 4) xywh of the masks (``toBbox``),
+    ``boxes`` (n, 4) xyxy from the model, ``scores`` (n,)."""
+
+    image_id: int
+    height: int
+    width: int
+    rles: list[dict]
+    areas: np.ndarray
+    mask_boxes: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def encode_masks(masks: Any, index: Sequence[int] | None = None) -> list[dict]:
+    """bool (n, H, W) numpy or torch -> COCO RLEs (str ``counts``) of ``masks[index]`` (all
+    when None), encoded chunk by chunk so no full dense copy is made."""
+    index = list(range(len(masks))) if index is None else [int(i) for i in index]
+    rles = []
+    for start in range(0, len(index), RLE_CHUNK):
+        chunk = _numpy(masks[index[start:start + RLE_CHUNK]]).astype(np.uint8)
+        rles.extend(mask_utils.encode(np.asfortranarray(chunk.transpose(1, 2, 0))))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def bytes_rles(rles: list[dict]) -> list[dict]:
+    return [{"size": r["size"], "counts": r["counts"].encode("ascii")
+             if isinstance(r["counts"], str) else r["counts"]} for r in rles]
+
+
+def rle_stats(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(areas (n,), boxes (n, 4) xywh) exactly as pycocotools computes them."""
+    if not rles:
+        return np.zeros(0), np.zeros((0, 4))
+    coded = bytes_rles(rles)
+    # pycocotools' area() sizes a uint8 array by the count: > 255 RLEs overflow on NumPy 2
+    areas = np.concatenate([mask_utils.area(coded[i:i + AREA_CHUNK])
+                            for i in range(0, len(coded), AREA_CHUNK)])
+    return areas.astype(np.float64), mask_utils.toBbox(coded)
+
+
+def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Prediction:
+    """Validate one predictor output against its image record and convert it.
+
+    Raises ValueError when the pieces disagree in length, a mask is not at the image's size
+    (``height`` x ``width`` of the annotation file), or a box is not xyxy.
+    """
+    iid, h, w = image["id"], image["height"], image["width"]
+    scores = _numpy(output["scores"]).astype(np.float64).reshape(-1)
+    boxes = _numpy(output["boxes"]).astype(np.float64).reshape(-1, 4)
+    masks = output.get("masks")
+    rles = output.get("rles")
+    if (masks is None) == (rles is None):
+        raise ValueError(f"image {iid}: the predictor must return exactly one of masks / rles")
+    n = len(masks) if masks is not None else len(rles)
+    if not len(scores) == len(boxes) == n:
+        raise ValueError(f"image {iid}: {len(scores)} scores, {len(boxes)} boxes, {n} masks")
+    shapes = {tuple(masks.shape[1:])} if masks is not None else \
+        {tuple(r["size"]) for r in rles}
+    if n and shapes != {(h, w)}:
+        raise ValueError(f"image {iid}: masks are {sorted(shapes)} but the image is {(h, w)} in "
+                         "the annotations; masks must be at the original image size")
+    if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+        raise ValueError(f"image {iid}: non-finite scores or boxes")
+    if (boxes[:, 2:] < boxes[:, :2]).any():
+        raise ValueError(f"image {iid}: boxes must be xyxy (x2 >= x1, y2 >= y1)")
+    order = np.argsort(-scores, kind="stable")[:max_dets]
+    if masks is not None:
+        rles = encode_masks(masks, order)
+    else:
+        rles = [{"size": [h, w], "counts": rles[i]["counts"].decode("ascii")
+                 if isinstance(rles[i]["counts"], bytes) else rles[i]["counts"]} for i in order]
+    areas, mask_boxes = rle_stats(rles)
+    return Prediction(iid, h, w, rles, areas, mask_boxes, boxes[order], scores[order])
+
+
+def read_rgb(path, image: dict) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an image file, checked against its record's size (EXIF
+    orientation is ignored: annotations are in stored pixel order)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image id {image['id']}: {path}")
+    if bgr.shape[:2] != (image["height"], image["width"]):
+        raise ValueError(f"image id {image['id']} ({path}) is {bgr.shape[:2]} but "
+                         f"{(image['height'], image['width'])} in the annotations")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def inference_stream(dataset: EvalDataset, predictor: Predictor, images: list[dict],
+                     batch_size: int = 1, max_dets: int | None = 1000,
+                     timing: dict | None = None) -> Iterator[tuple[dict, Prediction]]:
+    """Run ``predictor`` over ``images`` (all files checked first); yields (record, Prediction).
+    ``timing`` (if given) accumulates seconds in ``read`` / ``predict`` / ``convert``."""
+    dataset.check_images(images)
+    timing = timing if timing is not None else {}
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        t0 = time.perf_counter()
+        arrays = [read_rgb(dataset.image_path(im), im) for im in batch]
+        t1 = time.perf_counter()
+        outputs = predictor.predict(arrays)
+        t2 = time.perf_counter()
+        if len(outputs) != len(batch):
+            raise ValueError(f"predictor returned {len(outputs)} outputs for {len(batch)} images")
+        preds = [to_prediction(im, out, max_dets) for im, out in zip(batch, outputs, strict=True)]
+        t3 = time.perf_counter()
+        for key, dt in (("read", t1 - t0), ("predict", t2 - t1), ("convert", t3 - t2)):
+            timing[key] = timing.get(key, 0.0) + dt
+        yield from zip(batch, preds, strict=True)
+
+
+def evaluate_stream(stream: Iterable[tuple[dict, Prediction]], evaluators: Sequence[Evaluator],
+                    total: int | None = None, progress: bool = True,
+                    desc: str = "evaluating") -> dict[str, float]:
+    """reset every evaluator, feed it each (record, Prediction), merge their ``evaluate()``."""
+    for ev in evaluators:
+        ev.reset()
+    for image, pred in tqdm(stream, total=total, desc=desc, unit="img", disable=not progress):
+        for ev in evaluators:
+            ev.process([image], [pred])
+    results: dict[str, float] = {}
+    for ev in evaluators:
+        results.update(ev.evaluate())
+    return results
+
+
+def restrict_gt(gt: dict, image_ids: Iterable[int], keep_ann=None) -> dict:
+    """The ground truth of ``image_ids`` (annotations also filtered by ``keep_ann``), with
+    annotation ids renumbered 1..N: COCOeval and LVISEval record matches by id with 0 meaning
+    "unmatched", so an object with id 0 (panopticapi's sample has one) could never be hit."""
+    ids = set(image_ids)
+    anns = [a for a in gt["annotations"] if a["image_id"] in ids
+            and (keep_ann is None or keep_ann(a))]
+    return {"images": [im for im in gt["images"] if im["id"] in ids],
+            "annotations": [{**a, "id": i} for i, a in enumerate(anns, start=1)],
+            "categories": gt["categories"]}

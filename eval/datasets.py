@@ -1,0 +1,146 @@
+"""Evaluation datasets, registered by name; roots come from one place, never hard-coded.
+
+    ds = get_dataset("coco_2017_val")                 # root: FASTSAM_DATA (conf: paths.data_dir)
+    ds = get_dataset("lvis_v1_val", root="/data")
+    register_coco_json("my_set", "ann.json", "images/")   # any COCO-format json + image folder
+
+Standard layout under the data root (detectron2's, so an existing ``datasets/`` folder works)::
+
+    <root>/coco/annotations/instances_val2017.json
+    <root>/coco/val2017/000000000139.jpg ...
+    <root>/coco/train2017/...              # LVIS v1 val also uses COCO 2017 train images
+    <root>/lvis/lvis_v1_val.json
+
+LVIS images are COCO 2017 images: each image's ``coco_url`` (``.../val2017/<name>.jpg`` or
+``.../train2017/<name>.jpg``) names the split folder and the file under ``<root>/coco``.
+LVIS annotations carry no ``iscrowd``; it is set to 0 here, so every consumer sees COCO fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT_ENV = "FASTSAM_DATA"
+
+
+@dataclass
+class EvalDataset:
+    """A COCO-format ground truth and where its images are.
+
+    ``gt``: the dataset dict (``images``, ``annotations``, ``categories``); ``kind``: ``coco``
+    or ``lvis`` (LVIS categories carry ``frequency`` r/c/f); ``image_root``: the folder that
+    ``locate`` resolves image records against.
+    """
+
+    name: str
+    kind: str
+    gt: dict
+    annotation: Path
+    image_root: Path
+    locate: Callable[[Path, dict], Path] = field(repr=False)
+
+    def image_path(self, image: dict) -> Path:
+        return self.locate(self.image_root, image)
+
+    def images(self, max_images: int | None = None) -> list[dict]:
+        """Image records sorted by id (the first ``max_images`` when given)."""
+        records = sorted(self.gt["images"], key=lambda im: im["id"])
+        return records[:max_images] if max_images else records
+
+    def check_images(self, images: list[dict]) -> None:
+        """Raise FileNotFoundError naming the missing files before any inference runs."""
+        missing = [(im["id"], self.image_path(im)) for im in images
+                   if not self.image_path(im).is_file()]
+        if missing:
+            shown = "; ".join(f"id {i}: {p}" for i, p in missing[:3])
+            raise FileNotFoundError(
+                f"{self.name}: {len(missing)} of {len(images)} images are missing ({shown}"
+                f"{'; ...' if len(missing) > 3 else ''}). Images are looked up under "
+                f"{self.image_root}; set paths.data_dir / {ROOT_ENV} or task.image_root.")
+
+
+def by_file_name(root: Path, image: dict) -> Path:
+    return root / image["file_name"]
+
+
+def by_coco_url(root: Path, image: dict) -> Path:
+    """``<root>/<split>/<name>`` from ``coco_url`` (LVIS), else ``<root>/<file_name>``."""
+    url = image.get("coco_url")
+    if not url:
+        return root / image["file_name"]
+    split, name = url.rstrip("/").split("/")[-2:]
+    return root / split / name
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """``root`` if given, else ``$FASTSAM_DATA``; raises if neither is set."""
+    root = root or os.environ.get(ROOT_ENV)
+    if not root:
+        raise ValueError(f"no data root: pass root= (conf: paths.data_dir) or set {ROOT_ENV}")
+    return Path(root)
+
+
+def load_gt(annotation: str | Path) -> dict:
+    """Read a COCO/LVIS json; LVIS annotations get ``iscrowd`` 0 (they have none)."""
+    path = Path(annotation)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    gt = json.loads(path.read_text())
+    for key in ("images", "annotations", "categories"):
+        if key not in gt:
+            raise ValueError(f"{path}: not a COCO-format annotation file (no {key!r})")
+    for ann in gt["annotations"]:
+        ann.setdefault("iscrowd", 0)
+    return gt
+
+
+def _kind(gt: dict) -> str:
+    cats = gt["categories"]
+    return "lvis" if cats and "frequency" in cats[0] else "coco"
+
+
+Builder = Callable[..., EvalDataset]
+REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str, builder: Builder) -> None:
+    """Add ``name`` -> ``builder(root: Path | None, annotation=None, image_root=None)``."""
+    REGISTRY[name] = builder
+
+
+def register_coco_json(name: str, annotation: str | Path, image_root: str | Path,
+                       locate: Callable[[Path, dict], Path] = by_file_name) -> None:
+    """Register a COCO-format json with its image folder under ``name`` (fixed paths)."""
+    def build(root=None, annotation_path=None, image_dir=None) -> EvalDataset:
+        ann = Path(annotation_path or annotation)
+        gt = load_gt(ann)
+        return EvalDataset(name, _kind(gt), gt, ann, Path(image_dir or image_root), locate)
+    register(name, build)
+
+
+def _standard(name: str, annotation: str, images: str, locate) -> Builder:
+    def build(root=None, annotation_path=None, image_dir=None) -> EvalDataset:
+        base = None if annotation_path and image_dir else data_root(root)
+        ann = Path(annotation_path) if annotation_path else base / annotation
+        gt = load_gt(ann)
+        return EvalDataset(name, _kind(gt), gt, ann,
+                           Path(image_dir) if image_dir else base / images, locate)
+    return build
+
+
+register("coco_2017_val", _standard("coco_2017_val", "coco/annotations/instances_val2017.json",
+                                    "coco/val2017", by_file_name))
+register("lvis_v1_val", _standard("lvis_v1_val", "lvis/lvis_v1_val.json", "coco", by_coco_url))
+
+
+def get_dataset(name: str, root: str | Path | None = None,
+                annotation: str | Path | None = None,
+                image_root: str | Path | None = None) -> EvalDataset:
+    """The registered dataset ``name``; ``annotation`` / ``image_root`` override its paths."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name](root, annotation, image_root)

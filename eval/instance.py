@@ -1,0 +1,211 @@
+"""Zero-shot instance segmentation with box prompts (FastSAM Table 6).
+
+A detector's boxes (a COCO results file, e.g. ViTDet-H's, supplied by the user) prompt the
+everything-mode masks: for each box, the mask with the highest IoU with the filled box is taken
+(FastSAM's box prompt: box corners truncated to integer pixels and clipped to the image; the
+first mask wins a tie), keeping the box's category and score. Mask AP is then computed by the
+official tools: pycocotools ``COCOeval`` on COCO (AP, AP50, AP75, APs, APm, APl) and the LVIS
+API's ``LVISEval`` on LVIS (max 300 detections per image; also APr, APc, APf).
+
+A box on an image where the model found no mask at all gets no mask and is dropped; the count
+is reported (``mask/boxes_without_mask``). Results are segmentation-only (no ``bbox`` key) so
+both tools take the mask's area for the area ranges, as detectron2 does for LVIS.
+
+Bad input fails loudly: detections that are not a list of COCO results, a category id the
+ground truth does not have (class-agnostic ids or 0-based YOLO ids would otherwise score a
+silent 0.000, FastSAM issue #183), an image id that is not in the ground truth, or no
+detection on any evaluated image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from eval.core import EmptyPredictionsError, Prediction, bytes_rles, restrict_gt
+
+COCO_KEYS = ("ap", "ap50", "ap75", "ap_s", "ap_m", "ap_l")
+LVIS_KEYS = {"AP": "ap", "AP50": "ap50", "AP75": "ap75", "APs": "ap_s", "APm": "ap_m",
+             "APl": "ap_l", "APr": "ap_r", "APc": "ap_c", "APf": "ap_f"}
+
+
+def load_detections(source: str | Path | list, gt: dict) -> dict[int, list[dict]]:
+    """COCO results (path or list of ``{image_id, category_id, bbox xywh, score}``) grouped by
+    image, each image's detections by descending score. Raises ValueError on a malformed entry,
+    a category or image id the ground truth lacks."""
+    dets = json.loads(Path(source).read_text()) if isinstance(source, str | Path) else source
+    if not isinstance(dets, list) or not dets:
+        raise ValueError(f"detections must be a non-empty list of COCO results, got "
+                         f"{type(dets).__name__} of length {len(dets) if dets else 0}")
+    for i, d in enumerate(dets):
+        if not isinstance(d, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(d):
+            raise ValueError(f"detection {i} is not {{image_id, category_id, bbox, score}}: {d}")
+        if len(d["bbox"]) != 4 or min(d["bbox"][2:]) < 0:
+            raise ValueError(f"detection {i}: bbox must be [x, y, w, h], got {d['bbox']}")
+    cats = {c["id"] for c in gt["categories"]}
+    unknown = sorted({d["category_id"] for d in dets} - cats)
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} detection category ids are not in the ground truth, e.g. "
+            f"{unknown[:8]} (ground-truth ids: {min(cats)}..{max(cats)}, {len(cats)} categories)."
+            " Map the detector's class indices to the dataset's category ids; class-agnostic "
+            "or 0-based ids would score AP 0.000")
+    images = {im["id"] for im in gt["images"]}
+    stray = sorted({d["image_id"] for d in dets} - images)
+    if stray:
+        raise ValueError(f"{len(stray)} detection image ids are not in the ground truth, e.g. "
+                         f"{stray[:5]} (is the detections file for another split?)")
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for d in dets:
+        by_image[d["image_id"]].append(d)
+    return {k: sorted(v, key=lambda d: -d["score"]) for k, v in by_image.items()}
+
+
+def box_rles(boxes_xywh: np.ndarray, height: int, width: int) -> list[dict]:
+    """Filled boxes as RLEs, corners truncated to integers and clipped, as FastSAM's box prompt
+    does: pixels [int(x1), int(x2)) x [int(y1), int(y2))."""
+    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    x1 = np.clip(b[:, 0].astype(int), 0, width)
+    y1 = np.clip(b[:, 1].astype(int), 0, height)
+    x2 = np.clip((b[:, 0] + b[:, 2]).astype(int), 0, width)
+    y2 = np.clip((b[:, 1] + b[:, 3]).astype(int), 0, height)
+    rects = np.stack([x1, y1, np.maximum(x2 - x1, 0), np.maximum(y2 - y1, 0)], 1)
+    return mask_utils.frPyObjects(rects.astype(np.float64), height, width)
+
+
+def select_masks(rles: list[dict], boxes_xywh: np.ndarray, height: int,
+                 width: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each box (b, 4) xywh, the index of the mask with the highest IoU with the filled box,
+    and that IoU: ((b,) int, (b,) float). ``rles`` must be non-empty."""
+    ious = mask_utils.iou(bytes_rles(rles), box_rles(boxes_xywh, height, width),
+                          [0] * len(boxes_xywh))
+    ious = np.asarray(ious, dtype=np.float64).reshape(len(rles), len(boxes_xywh))
+    best = ious.argmax(0)
+    return best, ious[best, np.arange(len(boxes_xywh))]
+
+
+class InstanceEvaluator:
+    """Box-prompted mask AP (evaluator protocol: reset / process / evaluate).
+
+    gt: COCO-format dict; detections: ``load_detections`` output or its source; api: ``coco``
+    (pycocotools COCOeval) or ``lvis`` (LVISEval, ``max_dets`` per image, default 300).
+    ``results`` holds the segm results of the last run (COCO results format).
+    """
+
+    def __init__(self, gt: dict, detections, api: str = "coco", max_dets: int = 300) -> None:
+        if api not in ("coco", "lvis"):
+            raise ValueError(f"api must be 'coco' or 'lvis', got {api!r}")
+        self.gt, self.api, self.max_dets = gt, api, max_dets
+        self.detections = detections if isinstance(detections, dict) else \
+            load_detections(detections, gt)
+        self.reset()
+
+    def reset(self) -> None:
+        self._seen: set[int] = set()
+        self._with_dets = 0
+        self.results: list[dict] = []
+        self._boxes = self._dropped = 0
+
+    def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None:
+        for image, pred in zip(inputs, outputs, strict=True):
+            if pred.image_id != image["id"]:
+                raise ValueError(f"prediction for image {pred.image_id} given for {image['id']}")
+            if pred.image_id in self._seen:
+                raise ValueError(f"image id {pred.image_id} was processed twice")
+            self._seen.add(pred.image_id)
+            dets = self.detections.get(pred.image_id, [])
+            self._boxes += len(dets)
+            self._with_dets += bool(dets)
+            if not dets:
+                continue
+            if not len(pred):
+                self._dropped += len(dets)
+                continue
+            best, _ = select_masks(pred.rles, np.array([d["bbox"] for d in dets]),
+                                   pred.height, pred.width)
+            self.results.extend(
+                {"image_id": pred.image_id, "category_id": d["category_id"],
+                 "score": float(d["score"]), "segmentation": pred.rles[k]}
+                for d, k in zip(dets, best.tolist(), strict=True))
+
+    def evaluate(self) -> dict[str, float]:
+        if not self._seen:
+            raise EmptyPredictionsError("no images were processed")
+        if not self.results:
+            raise EmptyPredictionsError(
+                f"no detection box fell on the {len(self._seen)} evaluated images (or the model "
+                "found no mask there); refusing to report AP 0.000 - check that the detections "
+                "file belongs to this dataset")
+        gt, ids = restrict_gt(self.gt, self._seen), sorted(self._seen)
+        metrics = coco_mask_ap(gt, self.results, ids) if self.api == "coco" \
+            else lvis_mask_ap(gt, self.results, ids, self.max_dets)
+        metrics = {f"mask/{k}": v for k, v in metrics.items()}
+        metrics.update({"images": float(len(self._seen)),
+                        "images_with_boxes": float(self._with_dets),
+                        "mask/boxes": float(self._boxes),
+                        "mask/boxes_without_mask": float(self._dropped)})
+        return metrics
+
+
+def coco_mask_ap(gt: dict, results: list[dict], image_ids: Sequence[int]) -> dict[str, float]:
+    """pycocotools segm AP (standard parameters) on ``image_ids``."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, coco_dt, "segm")
+        ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(v) for k, v in zip(COCO_KEYS, ev.stats[:6], strict=True)}
+
+
+@contextlib.contextmanager
+def numpy_float_alias():
+    """lvis 0.5.3 (the last release) calls ``np.float``, which NumPy >= 1.24 removed; alias it
+    to ``float`` (what it always meant) while the LVIS API runs."""
+    added = "float" not in np.__dict__
+    if added:
+        np.float = float
+    try:
+        yield
+    finally:
+        if added:
+            del np.float
+
+
+def lvis_mask_ap(gt: dict, results: list[dict], image_ids: Sequence[int],
+                 max_dets: int = 300) -> dict[str, float]:
+    """The LVIS API's segm AP (``max_dets`` per image) on ``image_ids``."""
+    from lvis import LVIS, LVISEval, LVISResults
+
+    class _LVISFromDict(LVIS):  # the API only reads files; the index is built the same way
+        def __init__(self, dataset: dict) -> None:
+            self.logger = logging.getLogger("lvis")
+            self.dataset = dataset
+            self._create_index()
+
+    logging.getLogger("lvis").setLevel(logging.ERROR)
+    lvis_gt = _LVISFromDict(gt)
+    with warnings.catch_warnings():  # lvis 0.5.3 calls the deprecated Logger.warn
+        warnings.simplefilter("ignore", DeprecationWarning)
+        lvis_dt = LVISResults(lvis_gt, [dict(r) for r in results], max_dets=max_dets)
+    ev = LVISEval(lvis_gt, lvis_dt, "segm")
+    ev.params.img_ids = list(image_ids)
+    ev.params.max_dets = max_dets
+    with contextlib.redirect_stdout(io.StringIO()), numpy_float_alias():
+        ev.run()
+    return {LVIS_KEYS[k]: float(v) for k, v in ev.get_results().items() if k in LVIS_KEYS}

@@ -1,0 +1,211 @@
+"""What an evaluation leaves behind: metrics JSON, a Markdown table beside the paper's numbers,
+the AR-vs-#proposals plot (FastSAM Figure 5), the raw predictions (RLE) for re-evaluation, and
+the same metrics on any configured Lightning logger (wandb offline works without a login).
+
+Paper numbers (percent): the FastSAM rows are those of arXiv:2306.12156 Tables 3-6 (COCO
+proposals AR@10/100/1000 15.7/47.3/63.7, LVIS box AR@1000 57.1, LVIS mask AR@1000 49.7, COCO
+instance AP 37.9 with ViTDet-H boxes). The other rows (SAM-H/B, ViTDet-H), the COCO AUC and the
+LVIS size columns are the same tables as published by the authors in the FastSAM README
+(CASIA-IVA-Lab/FastSAM, "Results"); cells we could not confirm are "—".
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from eval.core import Prediction, to_prediction
+
+DASH = "—"
+SIZES = [("all", "ar_1000"), ("small", "ar_s_1000"), ("med.", "ar_m_1000"),
+         ("large", "ar_l_1000"), ("freq.", "ar_f_1000"), ("com.", "ar_c_1000"),
+         ("rare", "ar_r_1000")]
+SOURCES = ("FastSAM rows: arXiv:2306.12156 Tables 3-6; SAM / ViTDet-H rows, COCO AUC and LVIS "
+           "size columns: the authors' README (CASIA-IVA-Lab/FastSAM), which reproduces those "
+           "tables. — = not published there / not confirmed.")
+
+BOTH = [("ours (box)", "box"), ("ours (mask)", "mask")]
+MASK = [("ours", "mask")]
+
+# task -> tables: (title, [(column, metric suffix)], {method: percent or None}, our rows)
+PAPER: dict[str, list[tuple[str, list, dict[str, list], list]]] = {
+    "coco_ar": [
+        ("COCO val2017: class-agnostic box proposals (FastSAM Table 3)",
+         [("AR10", "ar_10"), ("AR100", "ar_100"), ("AR1000", "ar_1000"), ("AUC", "auc")],
+         {"SAM-H E64": [15.5, 45.6, 67.7, 32.1], "SAM-H E32": [18.5, 49.5, 62.5, 33.7],
+          "SAM-B E32": [11.4, 39.6, 59.1, 27.3], "FastSAM": [15.7, 47.3, 63.7, 32.2]}, BOTH),
+        ("COCO val2017: AR@1000 by object size", SIZES[:4], {}, BOTH),
+    ],
+    "lvis_ar": [
+        ("LVIS v1 val: box AR@1000 (FastSAM Table 4)", SIZES,
+         {"ViTDet-H (supervised)": [65.0, 53.2, 83.3, 91.2, None, None, None],
+          "SAM-H E64": [52.1, 36.6, 75.1, 88.2, None, None, None],
+          "SAM-H E32": [50.3, 33.1, 76.2, 89.8, None, None, None],
+          "SAM-B E32": [45.0, 29.3, 68.7, 80.6, None, None, None],
+          "FastSAM": [57.1, 44.3, 77.1, 85.3, None, None, None]}, [("ours", "box")]),
+        ("LVIS v1 val: mask AR@1000 (FastSAM Table 5)", SIZES,
+         {"SAM": [None] * 7, "FastSAM": [49.7, None, None, None, None, None, None]}, MASK),
+    ],
+    "coco_instance": [
+        ("COCO val2017: instance segmentation from ViTDet-H boxes (FastSAM Table 6)",
+         [("AP", "ap"), ("APS", "ap_s"), ("APM", "ap_m"), ("APL", "ap_l"), ("AP50", "ap50"),
+          ("AP75", "ap75")],
+         {"ViTDet-H (its own masks)": [51.0, 32.0, 54.3, 68.9, None, None],
+          "SAM": [46.5, 30.8, 51.0, 61.7, None, None],
+          "FastSAM": [37.9, 23.9, 43.4, 50.0, None, None]}, MASK),
+    ],
+    "lvis_instance": [
+        ("LVIS v1 val: instance segmentation from detector boxes (LVIS API, 300 dets/image)",
+         [("AP", "ap"), ("APS", "ap_s"), ("APM", "ap_m"), ("APL", "ap_l"), ("APr", "ap_r"),
+          ("APc", "ap_c"), ("APf", "ap_f")],
+         {"SAM": [None] * 7, "FastSAM": [None] * 7}, MASK),
+    ],
+}
+PAPER_CURVE = {"coco_ar": ("box", {10: 15.7, 100: 47.3, 1000: 63.7})}
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:.1f}"
+
+
+def markdown(task: str, metrics: dict[str, float], info: dict) -> str:
+    """The paper's table(s) for ``task`` with our row(s) (metrics are fractions) underneath."""
+    lines = [f"# {task}: {info.get('dataset', '')}", "",
+             f"{int(metrics.get('images', 0))} of {info.get('dataset_images', '?')} images of "
+             f"`{info.get('annotation', '?')}`; predictions: `{info.get('source', '?')}`", ""]
+    for title, columns, rows, ours in PAPER[task]:
+        lines += [f"## {title}", "", "| method | " + " | ".join(c for c, _ in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        lines += [f"| {name} (paper) | " + " | ".join(_cell(v) for v in values) + " |"
+                  for name, values in rows.items()]
+        for name, prefix in ours:
+            values = [metrics.get(f"{prefix}/{key}") for _, key in columns]
+            lines.append(f"| **{name}** | " + " | ".join(
+                _cell(None if v is None else 100 * v) for v in values) + " |")
+        lines.append("")
+    return "\n".join(lines + [f"Sources: {SOURCES}", ""])
+
+
+def plot_curves(curves: dict[str, tuple], path: str | Path, task: str = "") -> Path:
+    """AR (%) vs number of proposals per image (log x), one line per IoU type; the paper's
+    FastSAM points where published (Figure 5 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for prefix, (ks, ar) in curves.items():
+        ax.semilogx(ks, 100 * np.asarray(ar), marker="o", ms=3, label=f"ours ({prefix})")
+    if task in PAPER_CURVE:
+        prefix, points = PAPER_CURVE[task]
+        ax.scatter(list(points), list(points.values()), marker="*", s=90, color="k",
+                   label=f"FastSAM paper ({prefix})", zorder=3)
+    ax.set(xlabel="proposals per image", ylabel="AR@k (%), IoU .50:.95", ylim=(0, 100),
+           title=f"{task} AR vs #proposals")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_report(out_dir: str | Path, task: str, metrics: dict[str, float],
+                 curves: dict[str, tuple] | None = None, info: dict | None = None
+                 ) -> dict[str, Path]:
+    """Write ``metrics.json``, ``report.md`` and (with curves) ``ar_curve.png``; their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = info or {}
+    payload = {"task": task, **info, "metrics": {k: _json_safe(v) for k, v in metrics.items()},
+               "curves": {p: {"k": [int(k) for k in ks], "ar": [_json_safe(float(a)) for a in ar]}
+                          for p, (ks, ar) in (curves or {}).items()},
+               "paper": {title: rows for title, _, rows, _ in PAPER[task]}}
+    paths = {"metrics": out / "metrics.json", "markdown": out / "report.md"}
+    paths["metrics"].write_text(json.dumps(payload, indent=2))
+    paths["markdown"].write_text(markdown(task, metrics, info))
+    if curves:
+        paths["plot"] = plot_curves(curves, out / "ar_curve.png", task)
+    return paths
+
+
+class PredictionWriter:
+    """An evaluator that streams every image's proposals to ``predictions.jsonl.gz`` (one JSON
+    line per image: id, size, scores, xyxy boxes, RLE counts) for ``read_predictions``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path, self._file = Path(path), None
+
+    def reset(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = gzip.open(self.path, "wt", compresslevel=1)
+
+    def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None:
+        for pred in outputs:
+            self._file.write(json.dumps({
+                "image_id": pred.image_id, "height": pred.height, "width": pred.width,
+                "scores": pred.scores.tolist(), "boxes": pred.boxes.tolist(),
+                "counts": [r["counts"] for r in pred.rles]}) + "\n")
+
+    def evaluate(self) -> dict[str, float]:
+        self._file.close()
+        return {}
+
+
+def read_predictions(path: str | Path, images: dict[int, dict], max_dets: int | None = None,
+                     only: set[int] | None = None) -> Iterator[tuple[dict, Prediction]]:
+    """(image record, Prediction) for each line of a ``PredictionWriter`` file; ``images`` maps
+    the dataset's ids to records, ``only`` (optional) selects some of them. An id the dataset
+    does not have, or a size that differs from its record, raises ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            image = images.get(row["image_id"])
+            if image is None:
+                raise ValueError(f"{path}: image id {row['image_id']} is not in the dataset "
+                                 "(predictions made for another split?)")
+            if only is not None and image["id"] not in only:
+                continue
+            size = [image["height"], image["width"]]
+            if [row["height"], row["width"]] != size:
+                raise ValueError(f"{path}: image {row['image_id']} is {row['height']}x"
+                                 f"{row['width']} there but {size[0]}x{size[1]} in the dataset")
+            output = {"scores": np.array(row["scores"]),
+                      "boxes": np.array(row["boxes"]).reshape(-1, 4),
+                      "rles": [{"size": size, "counts": c} for c in row["counts"]]}
+            yield image, to_prediction(image, output, max_dets)
+
+
+def log_metrics(loggers: list, task: str, metrics: dict[str, float],
+                files: dict[str, Path]) -> None:
+    """Send ``<task>/<metric>`` to every Lightning logger; wandb also gets the plot."""
+    flat = {f"{task}/{k}": v for k, v in metrics.items() if not math.isnan(v)}
+    for logger in loggers:
+        logger.log_metrics(flat, step=0)
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            run = logger.experiment
+            if "plot" in files:
+                run.log({f"{task}/ar_curve": wandb.Image(str(files["plot"]))})
+            run.summary.update(flat)
+        logger.finalize("success")

@@ -1,0 +1,223 @@
+"""Letterboxing, the exact way back to the original image, and masks from prototypes.
+
+Frames: the *original* image (h0, w0); the *network* input (H, W), holding the image resized to
+(nh, nw) at offset (left, top) inside grey padding; the *prototype* grid (H/s, W/s), s = 4 for
+YOLOv8-seg. Pixel centres are at integer + 0.5 in every frame, so original pixel j sits at network
+x = left + (j + 0.5) * nw / w0 and at prototype index x / s - 0.5. Masks are sampled from the
+prototype grid at exactly those points (bilinear, edges clamped: torch's ``align_corners=False``
+convention), so they line up with the original image whatever the padding or rounding was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+PAD_VALUE = 114  # ultralytics' letterbox grey
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where one image sits in the network input: original (h0, w0), resized (nh, nw), and the
+    top-left corner (left, top) of the resized image in the (H, W) network frame."""
+
+    orig_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    offset_xy: tuple[int, int]
+    input_hw: tuple[int, int]
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        """Network pixels per original pixel along x and y (they differ by rounding only)."""
+        return self.resized_hw[1] / self.orig_hw[1], self.resized_hw[0] / self.orig_hw[0]
+
+    @property
+    def content_box(self) -> tuple[int, int, int, int]:
+        """The image's own area in the network frame, xyxy."""
+        (nh, nw), (left, top) = self.resized_hw, self.offset_xy
+        return left, top, left + nw, top + nh
+
+
+def resized_hw(orig_hw: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """(nh, nw): the long side scaled to ``imgsz`` (up or down), the short side rounded."""
+    h0, w0 = orig_hw
+    r = imgsz / max(h0, w0)
+    return min(max(round(h0 * r), 1), imgsz), min(max(round(w0 * r), 1), imgsz)
+
+
+def letterbox_batch(images: list[np.ndarray], imgsz: int, stride: int = 32,
+                    square: bool = False) -> tuple[torch.Tensor, list[Letterbox]]:
+    """RGB uint8 images (h0_i, w0_i, 3) -> uint8 (B, 3, H, W) and each image's ``Letterbox``.
+
+    Each image is resized (bilinear) so its long side is ``imgsz`` and centred on grey. The frame
+    is (imgsz, imgsz) if ``square`` (fixed-shape ONNX models need it), else the smallest multiple
+    of ``stride`` holding every image of the batch (as ultralytics' predictor: less padding).
+    """
+    sizes = [resized_hw(im.shape[:2], imgsz) for im in images]
+    if square:
+        frame = (imgsz, imgsz)
+    else:
+        frame = tuple(math.ceil(max(s[k] for s in sizes) / stride) * stride for k in (0, 1))
+    batch = np.full((len(images), frame[0], frame[1], 3), PAD_VALUE, np.uint8)
+    boxes = []
+    for i, (image, (nh, nw)) in enumerate(zip(images, sizes, strict=True)):
+        top, left = (frame[0] - nh) // 2, (frame[1] - nw) // 2
+        resized = image if image.shape[:2] == (nh, nw) else cv2.resize(
+            image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        batch[i, top:top + nh, left:left + nw] = resized
+        boxes.append(Letterbox(image.shape[:2], (nh, nw), (left, top), frame))
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous(), boxes
+
+
+def boxes_to_original(boxes: torch.Tensor, lb: Letterbox) -> torch.Tensor:
+    """(n, 4) xyxy network pixels -> (n, 4) xyxy original pixels, clipped to the image."""
+    sx, sy = lb.scale_xy
+    left, top = lb.offset_xy
+    out = (boxes - boxes.new_tensor([left, top, left, top])) / boxes.new_tensor([sx, sy, sx, sy])
+    h0, w0 = lb.orig_hw
+    return torch.stack([out[:, 0].clamp(0, w0), out[:, 1].clamp(0, h0), out[:, 2].clamp(0, w0),
+                        out[:, 3].clamp(0, h0)], 1)
+
+
+def boxes_to_network(boxes: torch.Tensor, lb: Letterbox) -> torch.Tensor:
+    """(n, 4) xyxy original pixels -> (n, 4) xyxy network pixels (inverse of the above)."""
+    sx, sy = lb.scale_xy
+    left, top = lb.offset_xy
+    return boxes * boxes.new_tensor([sx, sy, sx, sy]) + boxes.new_tensor([left, top, left, top])
+
+
+def snap_boxes_to_border(boxes: torch.Tensor, region: tuple[float, float, float, float],
+                         threshold: float = 20.0, full_iou: float = 0.9) -> torch.Tensor:
+    """FastSAM's border rule for one image: box sides closer than ``threshold`` to the border of
+    ``region`` (the image, xyxy) move onto it, and boxes whose IoU with the whole image then
+    exceeds ``full_iou`` become the whole image. (n, 4) xyxy -> new (n, 4); input untouched.
+
+    The official predictor did this in place in the padded network frame and for the first image
+    of a batch only; here it is per image, against the image's own area.
+    """
+    x0, y0, x1, y1 = region
+    out = boxes.clone()
+    out[:, 0] = torch.where(out[:, 0] < x0 + threshold, out.new_tensor(x0), out[:, 0])
+    out[:, 1] = torch.where(out[:, 1] < y0 + threshold, out.new_tensor(y0), out[:, 1])
+    out[:, 2] = torch.where(out[:, 2] > x1 - threshold, out.new_tensor(x1), out[:, 2])
+    out[:, 3] = torch.where(out[:, 3] > y1 - threshold, out.new_tensor(y1), out[:, 3])
+    full = out.new_tensor([x0, y0, x1, y1])
+    inter = ((out[:, 2].clamp(max=x1) - out[:, 0].clamp(min=x0)).clamp(min=0)
+             * (out[:, 3].clamp(max=y1) - out[:, 1].clamp(min=y0)).clamp(min=0))
+    union = (x1 - x0) * (y1 - y0) + (out[:, 2] - out[:, 0]) * (out[:, 3] - out[:, 1]) - inter
+    out[inter / union.clamp(min=1e-9) > full_iou] = full
+    return out
+
+
+@dataclass(frozen=True)
+class AxisSampler:
+    """Bilinear taps along one axis: original pixel j reads prototype cells ``lo[j]``, ``hi[j]``
+    with weight ``frac[j]`` on ``hi``. Build with ``axis_sampler``."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    frac: torch.Tensor
+
+
+def axis_sampler(n_orig: int, n_proto: int, offset: int, scale: float, stride: float,
+                 device: torch.device | str = "cpu") -> AxisSampler:
+    """Taps for ``n_orig`` original pixels on a ``n_proto``-cell prototype axis: original pixel j
+    is at network coordinate offset + (j + 0.5) * scale, i.e. prototype index that / stride - 0.5
+    (clamped to the grid). Returns (n_orig,) long ``lo``, ``hi`` and float ``frac``."""
+    j = torch.arange(n_orig, device=device, dtype=torch.float64)
+    u = ((offset + (j + 0.5) * scale) / stride - 0.5).clamp(0, n_proto - 1)
+    lo = u.floor().long().clamp(max=n_proto - 1)
+    return AxisSampler(lo, (lo + 1).clamp(max=n_proto - 1), (u - lo).float())
+
+
+def samplers_for(lb: Letterbox, proto_hw: tuple[int, int],
+                 device: torch.device | str = "cpu") -> tuple[AxisSampler, AxisSampler]:
+    """(rows, cols) samplers mapping the original image of ``lb`` onto a prototype grid."""
+    (h0, w0), (hp, wp) = lb.orig_hw, proto_hw
+    sx, sy = lb.scale_xy
+    left, top = lb.offset_xy
+    stride_y, stride_x = lb.input_hw[0] / hp, lb.input_hw[1] / wp
+    return (axis_sampler(h0, hp, top, sy, stride_y, device),
+            axis_sampler(w0, wp, left, sx, stride_x, device))
+
+
+def sample_region(logits: torch.Tensor, rows: AxisSampler, cols: AxisSampler,
+                  r: slice, c: slice) -> torch.Tensor:
+    """Bilinear values of a prototype-grid map at original pixels [r, c]: (hp, wp) ->
+    (len(r), len(c)). Columns are interpolated first, on the 4x smaller prototype rows that the
+    region reads, then rows, with contiguous ``index_select`` gathers and ``lerp``."""
+    lo_r, hi_r = rows.lo[r], rows.hi[r]
+    first, last = int(lo_r[0]), int(hi_r[-1]) + 1
+    window = logits[first:last]
+    lines = torch.lerp(window.index_select(1, cols.lo[c]), window.index_select(1, cols.hi[c]),
+                       cols.frac[c])
+    return torch.lerp(lines.index_select(0, lo_r - first), lines.index_select(0, hi_r - first),
+                      rows.frac[r].unsqueeze(1))
+
+
+def box_slices(boxes: torch.Tensor, hw: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """(n, 4) xyxy -> per box the (row, col) pixel slices whose index i satisfies
+    y1 <= i < y2 and x1 <= j < x2 (ultralytics' ``crop_mask`` rule), clipped to the image."""
+    h, w = hw
+    lim = boxes.new_tensor([w, h, w, h])
+    edges = torch.minimum(boxes.ceil().clamp(min=0), lim).long().tolist()
+    return [(slice(y1, max(y1, y2)), slice(x1, max(x1, x2))) for x1, y1, x2, y2 in edges]
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` covering range(n)."""
+    for start in range(0, n, max(size, 1)):
+        yield slice(start, min(start + size, n))
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """A zero tensor. On the CPU its memory comes from ``calloc`` (through numpy), so the OS
+    hands out zeroed pages only where something is written: a (300, 768, 1024) bool mask stack
+    whose boxes cover a tenth of the image costs a tenth of its size to create."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+
+
+def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxes: torch.Tensor,
+                          lb: Letterbox, chunk: int = 64, probs: bool = False,
+                          masks_out: torch.Tensor | None = None,
+                          probs_out: torch.Tensor | None = None,
+                          ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None,
+                                              torch.Tensor]]:
+    """Masks at the original resolution, ``chunk`` detections at a time.
+
+    coefficients (n, 32) and protos (32, hp, wp) from the network; boxes (n, 4) xyxy in original
+    pixels. Yields ``(sl, masks, prob, areas)`` per chunk: ``masks`` bool (c, h0, w0) = logit > 0
+    inside the box (sigmoid > 0.5), ``prob`` float (c, h0, w0) sigmoid inside the box and 0
+    outside (only if ``probs``), ``areas`` long (c,) mask pixel counts. Chunks are views of
+    ``masks_out`` / ``probs_out`` (n, h0, w0) when given, else fresh buffers. Only each box is
+    sampled, so the cost follows the boxes' area, and nothing goes through OpenCV (whose resize
+    stops at 512 channels).
+    """
+    h0, w0 = lb.orig_hw
+    rows, cols = samplers_for(lb, protos.shape[1:], protos.device)
+    flat = protos.reshape(protos.shape[0], -1).float()
+    regions = box_slices(boxes, lb.orig_hw)
+    for sl in chunks(len(coefficients), chunk):
+        logits = (coefficients[sl].float() @ flat).view(-1, *protos.shape[1:])
+        shape = (len(logits), h0, w0)
+        masks = masks_out[sl] if masks_out is not None else \
+            lazy_zeros(shape, torch.bool, protos.device)
+        prob = None if not probs else probs_out[sl] if probs_out is not None else \
+            lazy_zeros(shape, torch.float32, protos.device)
+        areas = torch.zeros(len(logits), dtype=torch.long)
+        for k, (r, c) in enumerate(regions[sl]):
+            if r.stop > r.start and c.stop > c.start:
+                values = sample_region(logits[k], rows, cols, r, c)
+                inside = torch.gt(values, 0, out=masks[k, r, c])
+                areas[k] = torch.count_nonzero(inside)
+                if prob is not None:
+                    torch.sigmoid(values, out=prob[k, r, c])
+        yield sl, masks, prob, areas

@@ -1,0 +1,194 @@
+"""The FastSAM predictor: everything mode on batches of images, then point / box / text prompts.
+
+    predictor = Predictor.from_weights("FastSAM-x.pt", allow_pickle=True)   # or a .ckpt
+    seg = predictor.everything(["dog.jpg"])[0]          # all masks of the image
+    dog = predictor.points(seg, [[420, 300]], [1])      # the mask under a point
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fastsam_train.infer import prompts as P
+from fastsam_train.infer.geometry import letterbox_batch
+from fastsam_train.infer.output import decode_rle
+from fastsam_train.infer.postprocess import (
+    Segmentation,
+    decode_detections,
+    segment_image,
+    torch_threads,
+)
+from fastsam_train.infer.weights import build_network, read_weights
+
+Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+ImageLike = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Everything-mode settings. Defaults are the official FastSAM ``Inference.py`` ones;
+    ``conf/predict.yaml`` mirrors them (a test keeps the two equal)."""
+
+    imgsz: int = 1024  # long side of the network input (FastSAM was trained at 1024)
+    conf: float = 0.4  # score threshold; evaluation wants ~0.001 with max_det 1000
+    iou: float = 0.9  # NMS IoU: high, because nested parts of objects are wanted
+    max_det: int = 100  # masks kept per image (official); AR@1000 needs 1000
+    snap_border: float = 20.0  # px (network frame) within which box sides snap to the image border
+    full_iou: float = 0.9  # snapped boxes this close (IoU) to the whole image become it
+    square: bool = False  # letterbox to imgsz x imgsz (fixed-shape ONNX) or to a stride multiple
+    chunk: int = 64  # masks assembled at once: peak memory ~ chunk x image pixels x 5 bytes
+
+
+class ImageReadError(ValueError):
+    """An image path that OpenCV cannot decode."""
+
+
+def read_image(image: ImageLike) -> np.ndarray:
+    """A path or an array -> RGB uint8 (H, W, 3). Arrays are taken as RGB (gray and RGBA are
+    converted)."""
+    if isinstance(image, str | Path):
+        bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ImageReadError(f"cannot read image {image} (missing, unreadable or not an image)")
+        return bgr[..., ::-1].copy()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
+        raise ImageReadError(f"expected an RGB uint8 (H, W, 3) array, got {array.dtype} "
+                             f"{array.shape}")
+    return np.ascontiguousarray(array[..., :3])
+
+
+class Predictor:
+    """Runs a FastSAM network (PyTorch module or ONNX Runtime session) with FastSAM's
+    post-processing. ``network`` maps float (B, 3, H, W) RGB in [0, 1] to (raw, proto)."""
+
+    def __init__(self, network: Network, options: PredictOptions | None = None,
+                 device: str | torch.device = "cpu", half: bool = False) -> None:
+        self.network, self.options = network, options or PredictOptions()
+        self.device, self.half = torch.device(device), half
+        self.timing: dict[str, float] = {}
+
+    @classmethod
+    def from_weights(cls, path: str | Path, allow_pickle: bool = False, device: str = "cpu",
+                     half: bool = False, **options) -> Predictor:
+        """Load a ``.ckpt`` (EMA weights), a weights-only file, or (with ``allow_pickle``) an
+        ultralytics ``.pt``; ``options`` override ``PredictOptions`` fields."""
+        net = build_network(read_weights(path, allow_pickle)).to(device)
+        return cls(net.half() if half else net, PredictOptions(**options), device, half)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, providers: Sequence[str] | None = None,
+                  **options) -> Predictor:
+        """An ONNX Runtime predictor for a model from ``export_onnx``; it is fixed to the exported
+        square input size, which sets ``imgsz``."""
+        from fastsam_train.infer.onnx import OnnxNetwork
+
+        net = OnnxNetwork(path, providers)
+        return cls(net, PredictOptions(**{**options, "imgsz": net.imgsz, "square": True}))
+
+    def with_options(self, **changes) -> Predictor:
+        """The same network with some options changed."""
+        return Predictor(self.network, replace(self.options, **changes), self.device, self.half)
+
+    # --- everything mode ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def everything(self, images: ImageLike | Sequence[ImageLike], probs: bool = False,
+                   rle: bool = False) -> list[Segmentation]:
+        """All masks of each image, in one network batch. ``probs`` adds the probability maps;
+        ``rle`` returns COCO RLEs instead of dense masks. ``self.timing`` gets the seconds spent
+        in preprocess / forward / postprocess."""
+        batch = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
+        o, t0 = self.options, time.perf_counter()
+        arrays = [read_image(im) for im in batch]
+        x, boxes = letterbox_batch(arrays, o.imgsz, square=o.square)
+        x = x.to(self.device)
+        x = x.half() / 255 if self.half else x.float() / 255
+        t1 = time.perf_counter()
+        raw, proto = self.network(x)
+        t2 = time.perf_counter()
+        with torch_threads(1):
+            dets = decode_detections(raw, o.conf, o.iou, o.max_det)
+            out = [segment_image(det, proto[i].float(), lb, o.snap_border, o.full_iou, probs,
+                                 rle, o.chunk)
+                   for i, (det, lb) in enumerate(zip(dets, boxes, strict=True))]
+        t3 = time.perf_counter()
+        self.timing = {"preprocess": t1 - t0, "forward": t2 - t1, "postprocess": t3 - t2}
+        return out
+
+    # --- prompts --------------------------------------------------------------------------------
+    @staticmethod
+    def _dense(seg: Segmentation) -> torch.Tensor:
+        return seg.masks if seg.masks is not None else decode_rle(seg.rles, seg.image_hw)
+
+    def points(self, seg: Segmentation, points, labels=None, mode: str = "official",
+               cleanup: bool = False) -> Segmentation:
+        """Masks for point prompts: (p, 2) x, y pixels, labels (p,) 1 foreground / 0 background
+        (default all 1). ``official``: one mask, the largest-to-smallest sweep of the FastSAM
+        repo (``cleanup`` adds its morphological closing + opening). ``any``: ultralytics' rule,
+        every mask covering a foreground point and no background point."""
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+        labs = torch.ones(len(pts), dtype=torch.long) if labels is None else \
+            torch.as_tensor(np.asarray(labels)).long().flatten()
+        P.check_points(pts, labs, seg.image_hw)
+        masks, pts = self._dense(seg), pts.floor().long()
+        if mode == "any":
+            return _with_masks(seg, masks, P.select_points_any(P.point_hits(masks, pts), labs))
+        if mode != "official":
+            raise ValueError(f"point mode must be 'official' or 'any', got {mode!r}")
+        merged = P.merge_points_official(masks, pts, labs, seg.areas)
+        if cleanup:
+            merged = P.morphological_cleanup(merged)
+        used = P.point_hits(masks, pts)[:, labs == 1].any(1)
+        score = seg.scores[used].max() if used.any() else seg.scores.new_zeros(())
+        return Segmentation(P.masks_to_boxes(merged[None]), score.reshape(1), seg.image_hw,
+                            masks=merged[None], areas=P.mask_areas(merged[None]),
+                            extra={"mode": "official"})
+
+    def boxes(self, seg: Segmentation, boxes) -> Segmentation:
+        """For each prompt box (b, 4) xyxy, the mask with the highest IoU with the filled box
+        (b masks, in prompt order; two boxes may pick the same mask)."""
+        bx = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)).float()
+        P.check_boxes(bx, seg.image_hw)
+        masks = self._dense(seg)
+        if len(masks) == 0:
+            return seg.subset(torch.zeros(0, dtype=torch.long))
+        return _with_masks(seg, masks, P.select_boxes(masks, bx, seg.areas))
+
+    def text(self, seg: Segmentation, image: ImageLike, texts: str | Sequence[str], clip,
+             mode: str = "softmax", min_area: int = 100) -> Segmentation:
+        """For each text, the mask whose masked crop CLIP finds closest (``clip`` from
+        ``text.load_clip``); masks of at most ``min_area`` pixels are skipped, as the official
+        code does. ``extra["text_scores"]`` holds the (t, n) scores."""
+        from fastsam_train.infer.text import score_masks
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        P.check_texts(texts)
+        masks = self._dense(seg)
+        rgb = torch.from_numpy(read_image(image)).permute(2, 0, 1)
+        if rgb.shape[1:] != masks.shape[1:]:
+            raise P.PromptError(f"image {tuple(rgb.shape[1:])} does not match the masks "
+                                f"{tuple(masks.shape[1:])}")
+        areas = P.mask_areas(masks) if seg.areas is None else seg.areas
+        if not bool((areas > min_area).any()):
+            return seg.subset(torch.zeros(0, dtype=torch.long))
+        scores = score_masks(clip, rgb, masks, texts, mode, min_area, areas=areas)
+        out = _with_masks(seg, masks, scores.argmax(1))
+        out.extra["text_scores"] = scores
+        return out
+
+
+def _with_masks(seg: Segmentation, masks: torch.Tensor, index: torch.Tensor) -> Segmentation:
+    out = seg.subset(index)
+    if out.masks is None:
+        index = index.nonzero().flatten() if index.dtype == torch.bool else index
+        out.masks, out.rles = masks[index], None
+    return out
