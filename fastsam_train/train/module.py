@@ -87,8 +87,7 @@ class FastSAMModule(L.LightningModule):
         """Batches per optimizer step: ramps 1 -> nbs / batch during warmup, as ultralytics."""
         target = max(round(self.hyp.nbs / self.global_batch()), 1)
         if nw and ni <= nw:
-            return max(1, int(np.interp(ni, [0, nw], [1, self.hyp.nbs / self.global_batch()])
-                              .round()))
+            return max(1, int(np.interp(ni, [0, nw], [1, target]).round()))
         return target
 
     def configure_optimizers(self):
@@ -136,7 +135,8 @@ class FastSAMModule(L.LightningModule):
             self._nonfinite(loss, batch, batch_idx)
             return loss.detach()
         self.manual_backward(loss * self.trainer.world_size)
-        if ni - self.last_opt_step >= self.accumulate(ni, nw) or batch_idx == nb - 1:
+        # as ultralytics: no forced step at epoch end, pending gradients carry over
+        if ni - self.last_opt_step >= self.accumulate(ni, nw):
             self.clip_gradients(optimizer, gradient_clip_val=self.extra["grad_clip"],
                                 gradient_clip_algorithm="norm")
             optimizer.step()
