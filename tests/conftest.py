@@ -16,6 +16,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (2 threads on a busy 2-core box are much slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_tars(tmp_path_factory) -> list[Path]:
     """Two SA-1B-format tars of 6 synthetic 240x320 images each (read-only: copy to modify)."""

@@ -30,12 +30,7 @@ from fastsam_train.infer.postprocess import Segmentation, decode_detections, seg
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gradient_image(h: int, w: int) -> np.ndarray:

@@ -30,12 +30,7 @@ CONFIG = {"arch": "yolov8-seg", "scale": "n", "nc": 1, "reg_max": 26}
 SMALL = ["--imgsz", "128", "--conf", "0.001", "--max-det", "30"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,9 @@ class FastSAMModule(L.LightningModule):
                                                 self.trainer.max_epochs, self.hyp.nbs)
         choice = ultra.resolve_optimizer(self.hyp.optimizer, self.hyp.lr0, self.hyp.momentum,
                                          self.hyp.warmup_bias_lr, iterations, nc=1)
-        self.warmup_bias_lr = choice.warmup_bias_lr
+        # "auto" may change the bias warmup start; keep one namespace for every batch
+        self.warmup_hyp = ultra.hyperparameters(**{**vars(self.hyp),
+                                                   "warmup_bias_lr": choice.warmup_bias_lr})
         optimizer = ultra.build_optimizer(self.model, choice.name, choice.lr, choice.momentum,
                                           decay)
         for group in optimizer.param_groups:
@@ -115,8 +117,7 @@ class FastSAMModule(L.LightningModule):
     def set_lr(self, optimizer, ni: int, nw: int) -> None:
         factor = ultra.lr_factor(self.current_epoch, self.trainer.max_epochs, self.hyp.lrf,
                                  self.hyp.cos_lr)
-        hyp = ultra.hyperparameters(**{**vars(self.hyp), "warmup_bias_lr": self.warmup_bias_lr})
-        if not ultra.apply_warmup(optimizer, ni, nw, factor, hyp):
+        if not ultra.apply_warmup(optimizer, ni, nw, factor, self.warmup_hyp):
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
 
