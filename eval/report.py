@@ -197,7 +197,8 @@ def read_predictions(path: str | Path, images: dict[int, dict], max_dets: int | 
 
 def log_metrics(loggers: list, task: str, metrics: dict[str, float],
                 files: dict[str, Path]) -> None:
-    """Send ``<task>/<metric>`` to every Lightning logger; wandb also gets the plot."""
+    """Send ``<task>/<metric>`` to every Lightning logger; wandb also gets every PNG of
+    ``files`` (plots, example maps) as ``<task>/<file stem>``."""
     flat = {f"{task}/{k}": v for k, v in metrics.items() if not math.isnan(v)}
     for logger in loggers:
         logger.log_metrics(flat, step=0)
@@ -205,7 +206,7 @@ def log_metrics(loggers: list, task: str, metrics: dict[str, float],
             import wandb
 
             run = logger.experiment
-            if "plot" in files:
-                run.log({f"{task}/ar_curve": wandb.Image(str(files["plot"]))})
+            run.log({f"{task}/{path.stem}": wandb.Image(str(path))
+                     for path in files.values() if Path(path).suffix == ".png"})
             run.summary.update(flat)
         logger.finalize("success")

@@ -1,7 +1,8 @@
 """Evaluate FastSAM on COCO / LVIS: ``python eval/run.py task=coco_ar model.weights=...``.
 
 Tasks: ``coco_ar`` / ``lvis_ar`` (class-agnostic proposals), ``coco_instance`` /
-``lvis_instance`` (detector boxes as prompts, ``task.detections=<results.json>``).
+``lvis_instance`` (detector boxes as prompts, ``task.detections=<results.json>``),
+``bsds_edges`` (BSDS500 zero-shot edges, with Sobel / Canny rows; see eval/edges.py).
 ``predictions=<run>/predictions.jsonl.gz`` re-evaluates saved predictions without the model.
 Writes ``metrics.json``, ``report.md``, ``ar_curve.png`` and ``predictions.jsonl.gz`` to the
 Hydra run directory.
@@ -72,8 +73,59 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+def run_edges(cfg: DictConfig) -> dict[str, float]:
+    """BSDS500 edges: every method of ``task.methods`` through the same loop and evaluator;
+    edge PNGs, BSR files, metrics.json, report.md and pr_curve.png in the run directory."""
+    from eval.core import evaluate_stream
+    from eval.edges import (
+        BoundaryEvaluator,
+        ClassicalEdges,
+        EdgeMapWriter,
+        FastSAMEdges,
+        bsds_records,
+        edge_stream,
+        write_outputs,
+    )
+    from eval.report import log_metrics
+
+    task, out = cfg.task, Path(cfg.paths.output_dir)
+    records = bsds_records(task.image_dir, task.gt_dir, cfg.max_images)
+    methods = list(task.methods)
+    unknown = set(methods) - {"fastsam", *ClassicalEdges.FUNCTIONS}
+    if unknown or not methods:
+        raise ValueError(f"task.methods must name fastsam / sobel / canny, got {methods}")
+    results, counts, metrics, files = {}, {}, {"images": float(len(records))}, {}
+    for method in methods:
+        if method == "fastsam":
+            predictor = FastSAMEdges(build_predictor(cfg.model).predictor, task.nms)
+        else:
+            predictor = ClassicalEdges(method, **task.baselines[method])
+        evaluator = BoundaryEvaluator(task.nthresh, task.max_dist, task.exact, task.workers)
+        edges_dir = out / "edges" / method
+        evaluate_stream(edge_stream(records, predictor, cfg.batch_size),
+                        [evaluator, EdgeMapWriter(edges_dir)], len(records), cfg.progress,
+                        desc=f"{task.name}:{method}")
+        results[method], counts[method] = evaluator.scores, evaluator.counts
+        metrics.update(evaluator.scores.metrics(method))
+        files.update({f"{method}_{r['id']}": edges_dir / f"{r['id']}.png"
+                      for r in records[:task.logged_maps]})
+    info = {"images": len(records), "image_dir": str(task.image_dir), "gt_dir": str(task.gt_dir),
+            "nthresh": task.nthresh, "max_dist": task.max_dist, "exact": task.exact,
+            "source": str(cfg.model.weights) if "fastsam" in methods else None,
+            "config": OmegaConf.to_container(cfg, resolve=True)}
+    files.update(write_outputs(out, results, counts, info))
+    log_metrics(build_loggers(cfg), task.name, metrics, files)
+    for method, s in results.items():
+        log.info("%s %s: ODS %.3f OIS %.3f AP %.3f R50 %.3f", task.name, method, s.ods, s.ois,
+                 s.ap, s.r50)
+    log.info("report: %s", files["markdown"])
+    return metrics
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Build the dataset, evaluator and predictions stream; evaluate; write the report."""
+    if cfg.task.kind == "edges":
+        return run_edges(cfg)
     from eval.core import evaluate_stream, inference_stream
     from eval.datasets import get_dataset
     from eval.report import PredictionWriter, log_metrics, read_predictions, write_report

@@ -1,0 +1,247 @@
+"""BSDS500 zero-shot edge detection (FastSAM Table 2): ``python eval/run.py task=bsds_edges``.
+
+    python eval/run.py task=bsds_edges model.weights=FastSAM-x.pt model.allow_pickle=true
+    python eval/run.py task=bsds_edges task.methods=[sobel,canny]     # baselines, no model
+
+Every method is an edge ``predict(images) -> [{"edges": (H, W) in [0, 1]}]`` and goes through
+the same loop and evaluators as the COCO tasks (``eval.core.evaluate_stream``): a
+``BoundaryEvaluator`` (our exact re-implementation of the BSR benchmark, ``eval.bsds``; its
+numbers are checked against BSR's own demo outputs and pyedgeeval in tests/test_bsds.py) and an
+``EdgeMapWriter`` that keeps every map as the 8-bit PNG the benchmark reads. Matching runs in
+worker processes while the model runs in the main one.
+
+FastSAM's maps follow SAM's protocol (``eval.bsds.masks``): everything-mode probability maps ->
+Sobel on each, kept on the mask's outer boundary -> max -> normalise -> edge NMS.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from eval.bsds import (
+    BoundaryScores,
+    canny_edges,
+    evaluate_image,
+    load_ground_truth,
+    plot_pr_curves,
+    sobel_edges,
+    summarize,
+    to_png,
+    write_bsr_files,
+    write_counts,
+)
+from eval.bsds.masks import edges_from_masks
+
+# FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50.
+PAPER = {
+    "HED": (0.788, 0.808, 0.840, 0.923),
+    "Sobel filter": (0.539, None, None, None),
+    "Canny": (0.600, 0.640, 0.580, None),
+    "Felz-Hutt": (0.610, 0.640, 0.560, None),
+    "SAM": (0.768, 0.786, 0.794, 0.928),
+    "FastSAM": (0.750, 0.790, 0.793, 0.903),
+}
+COLUMNS = ("ods", "ois", "ap", "r50")
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".bmp", ".tif")
+
+
+# --- data -----------------------------------------------------------------------------------
+def bsds_records(image_dir: str | Path, gt_dir: str | Path,
+                 max_images: int | None = None) -> list[dict]:
+    """One record per ground-truth file, sorted by id: ``{"id", "image", "gt"}``.
+
+    Standard layout: ``BSR/BSDS500/data/images/test/<id>.jpg`` beside
+    ``.../groundTruth/test/<id>.mat``. Every .mat needs an image and every image a .mat;
+    anything missing raises FileNotFoundError naming the file (before any model is loaded).
+    """
+    image_dir, gt_dir = Path(image_dir), Path(gt_dir)
+    for d in (image_dir, gt_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"BSDS folder not found: {d}")
+    images = {p.stem: p for p in sorted(image_dir.iterdir())
+              if p.suffix.lower() in IMAGE_SUFFIXES}
+    gts = {p.stem: p for p in gt_dir.glob("*.mat")}
+    if not gts:
+        raise FileNotFoundError(f"no ground truth (*.mat) in {gt_dir}")
+    for iid in sorted(set(images) - set(gts)):
+        raise FileNotFoundError(f"ground truth not found: {gt_dir / (iid + '.mat')} "
+                                f"(for image {images[iid]})")
+    for iid in sorted(set(gts) - set(images)):
+        raise FileNotFoundError(f"image not found for ground truth {gts[iid]} "
+                                f"(looked for {iid}.jpg/.png in {image_dir})")
+    records = [{"id": i, "image": images[i], "gt": gts[i]} for i in sorted(gts)]
+    return records[:max_images] if max_images else records
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"not a readable image: {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def edge_stream(records: Sequence[dict], predictor, batch_size: int = 1
+                ) -> Iterator[tuple[dict, np.ndarray]]:
+    """(record, edge map float (H, W) in [0, 1]) for every record, ``batch_size`` at a time."""
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        arrays = [read_rgb(r["image"]) for r in batch]
+        outputs = predictor.predict(arrays)
+        for record, image, out in zip(batch, arrays, outputs, strict=True):
+            edges = np.asarray(out["edges"], dtype=np.float64)
+            if edges.shape != image.shape[:2]:
+                raise ValueError(f"{record['image']}: edge map {edges.shape} is not the image "
+                                 f"size {image.shape[:2]}")
+            yield {**record, "height": image.shape[0], "width": image.shape[1]}, edges
+
+
+# --- methods --------------------------------------------------------------------------------
+class FastSAMEdges:
+    """Everything mode with probability maps -> SAM's edge protocol (``edges_from_masks``)."""
+
+    def __init__(self, predictor, nms: bool = True) -> None:
+        self.predictor, self.nms = predictor, nms
+
+    def predict(self, images: list[np.ndarray]) -> list[dict]:
+        segs = self.predictor.everything(images, probs=True)
+        return [{"edges": edges_from_masks(s.probs, s.masks, self.nms) if len(s)
+                 else np.zeros(im.shape[:2])} for s, im in zip(segs, images, strict=True)]
+
+
+class ClassicalEdges:
+    """A baseline of ``eval.bsds.baselines`` (``sobel`` / ``canny``) as an edge predictor."""
+
+    FUNCTIONS = {"sobel": sobel_edges, "canny": canny_edges}
+
+    def __init__(self, name: str, **kwargs) -> None:
+        if name not in self.FUNCTIONS:
+            raise ValueError(f"unknown edge baseline {name!r}; choose from {list(self.FUNCTIONS)}")
+        self.fn, self.kwargs = self.FUNCTIONS[name], kwargs
+
+    def predict(self, images: list[np.ndarray]) -> list[dict]:
+        return [{"edges": self.fn(np.ascontiguousarray(im[..., ::-1]), **self.kwargs)}
+                for im in images]
+
+
+# --- evaluators (the protocol of eval.core: reset / process / evaluate) ---------------------
+def _count(png: np.ndarray, gt_path: Path, image_path: Path, **kwargs):
+    gts = load_ground_truth(gt_path)
+    if png.shape != gts[0].shape:
+        raise ValueError(f"edge map of {image_path} is {png.shape} but ground truth {gt_path} "
+                         f"is {gts[0].shape}")
+    return evaluate_image(png.astype(np.float64) / 255.0, gts, **kwargs)
+
+
+class BoundaryEvaluator:
+    """BSR boundary benchmark over a stream of edge maps (``eval.bsds``: thinning, exact
+    matching against every annotator, ODS / OIS / AP / R50 as BSR and ``edgesEvalDir``).
+
+    Each map is scored as the 8-bit PNG a benchmark would read (``round(255 x)``). Matching is
+    submitted to ``workers`` processes as maps arrive (1 = in this process). ``evaluate()`` sets
+    ``self.scores`` (BoundaryScores) and ``self.counts`` ({id: ImageCounts})."""
+
+    def __init__(self, nthresh: int = 99, max_dist: float = 0.0075, exact: bool = True,
+                 workers: int | None = None) -> None:
+        self.kwargs = {"nthresh": nthresh, "max_dist": max_dist, "exact": exact}
+        self.workers = workers or os.cpu_count() or 1
+        self.scores: BoundaryScores | None = None
+        self.counts: dict = {}
+
+    def reset(self) -> None:
+        self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
+        self._pending: list[tuple[str, Future | object]] = []
+
+    def process(self, inputs: Sequence[dict], outputs: Sequence[np.ndarray]) -> None:
+        for record, edges in zip(inputs, outputs, strict=True):
+            args = (to_png(edges), record["gt"], record["image"])
+            job = self._pool.submit(_count, *args, **self.kwargs) if self._pool else \
+                _count(*args, **self.kwargs)
+            self._pending.append((record["id"], job))
+
+    def evaluate(self) -> dict[str, float]:
+        try:
+            self.counts = {i: j.result() if isinstance(j, Future) else j
+                           for i, j in self._pending}
+        finally:
+            if self._pool:
+                self._pool.shutdown(cancel_futures=True)
+        if not self.counts:
+            raise ValueError("no edge maps were evaluated")
+        self.scores = summarize(list(self.counts.values()))
+        return {"images": float(len(self.counts)),
+                **{k.split("/")[1]: v for k, v in self.scores.metrics().items()}}
+
+
+class EdgeMapWriter:
+    """Writes each edge map as ``<dir>/<id>.png`` (uint8, ``round(255 x)``), the format
+    ``eval.bsds.benchmark_dir`` and BSR read; written to a temp name, then renamed."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def reset(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def process(self, inputs: Sequence[dict], outputs: Sequence[np.ndarray]) -> None:
+        for record, edges in zip(inputs, outputs, strict=True):
+            path = self.directory / f"{record['id']}.png"
+            tmp = path.with_name(f".{path.stem}.tmp.png")
+            if not cv2.imwrite(str(tmp), to_png(edges)):
+                raise OSError(f"could not write {tmp}")
+            os.replace(tmp, path)
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+
+# --- report ---------------------------------------------------------------------------------
+def _cell(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def markdown(results: dict[str, BoundaryScores], info: dict) -> str:
+    """The paper's Table 2 with our rows (same pipeline for every method) underneath."""
+    head = "| method | ODS | OIS | AP | R50 |\n|---|---|---|---|---|"
+    paper = [f"| {name} (paper) | " + " | ".join(_cell(v) for v in vals) + " |"
+             for name, vals in PAPER.items()]
+    ours = [f"| **{name}** | " + " | ".join(_cell(getattr(s, c)) for c in COLUMNS) + " |"
+            for name, s in results.items()]
+    return "\n".join([
+        "# bsds_edges: BSDS500 test, zero-shot edge detection (FastSAM Table 2)", "",
+        f"{info.get('images', '?')} images of `{info.get('image_dir', '?')}`; ground truth "
+        f"`{info.get('gt_dir', '?')}`; {info.get('nthresh', 99)} thresholds, maxDist "
+        f"{info.get('max_dist', 0.0075)}, {'exact' if info.get('exact', True) else 'fast'} "
+        "matching.", "", head, *paper, *ours, "",
+        "Paper rows: FastSAM (arXiv:2306.12156) Table 2, which copies SAM's Table 3 for the "
+        "rows above it. AP is BSR's Area_PR; R50 is edgesEvalDir's recall at 50% precision.",
+        ""])
+
+
+def write_outputs(out: Path, results: dict[str, BoundaryScores], counts: dict[str, dict],
+                  info: dict) -> dict[str, Path]:
+    """metrics.json, report.md, pr_curve.png and BSR's files per method; their paths."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, scores in results.items():
+        folder = out / "bsr" / name
+        write_bsr_files(scores, folder)
+        for iid, c in counts[name].items():
+            write_counts(c, folder / f"{iid}_ev1.txt")
+    payload = {"task": "bsds_edges", **info,
+               "metrics": {n: {k: (None if math.isnan(v) else v)
+                               for k, v in s.metrics(n).items()} for n, s in results.items()},
+               "paper": {n: dict(zip(COLUMNS, v, strict=True)) for n, v in PAPER.items()}}
+    paths = {"metrics": out / "metrics.json", "markdown": out / "report.md",
+             "plot": out / "pr_curve.png"}
+    paths["metrics"].write_text(json.dumps(payload, indent=2, default=str))
+    paths["markdown"].write_text(markdown(results, info))
+    plot_pr_curves(results, paths["plot"], title="BSDS500 test: zero-shot edges")
+    return paths
