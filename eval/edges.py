@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from eval.bsds import (
     BoundaryScores,
@@ -49,6 +50,7 @@ PAPER = {
     "FastSAM": (0.750, 0.790, 0.793, 0.903),
 }
 COLUMNS = ("ods", "ois", "ap", "r50")
+LABELS = {"fastsam": "FastSAM", "sobel": "Sobel", "canny": "Canny"}  # method -> row name
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".bmp", ".tif")
 
 
@@ -148,9 +150,9 @@ class BoundaryEvaluator:
     ``self.scores`` (BoundaryScores) and ``self.counts`` ({id: ImageCounts})."""
 
     def __init__(self, nthresh: int = 99, max_dist: float = 0.0075, exact: bool = True,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, progress: bool = True) -> None:
         self.kwargs = {"nthresh": nthresh, "max_dist": max_dist, "exact": exact}
-        self.workers = workers or os.cpu_count() or 1
+        self.workers, self.progress = workers or os.cpu_count() or 1, progress
         self.scores: BoundaryScores | None = None
         self.counts: dict = {}
 
@@ -167,6 +169,11 @@ class BoundaryEvaluator:
 
     def evaluate(self) -> dict[str, float]:
         try:
+            waiting = [j for _, j in self._pending if isinstance(j, Future)]
+            if waiting:  # the stream's bar counted submissions; this one counts finished maps
+                for _ in tqdm(as_completed(waiting), total=len(waiting), unit="img",
+                              desc="matching", disable=not self.progress):
+                    pass
             self.counts = {i: j.result() if isinstance(j, Future) else j
                            for i, j in self._pending}
         finally:
@@ -211,7 +218,8 @@ def markdown(results: dict[str, BoundaryScores], info: dict) -> str:
     head = "| method | ODS | OIS | AP | R50 |\n|---|---|---|---|---|"
     paper = [f"| {name} (paper) | " + " | ".join(_cell(v) for v in vals) + " |"
              for name, vals in PAPER.items()]
-    ours = [f"| **{name}** | " + " | ".join(_cell(getattr(s, c)) for c in COLUMNS) + " |"
+    ours = [f"| **{LABELS.get(name, name)} (ours)** | "
+            + " | ".join(_cell(getattr(s, c)) for c in COLUMNS) + " |"
             for name, s in results.items()]
     return "\n".join([
         "# bsds_edges: BSDS500 test, zero-shot edge detection (FastSAM Table 2)", "",
@@ -243,5 +251,6 @@ def write_outputs(out: Path, results: dict[str, BoundaryScores], counts: dict[st
              "plot": out / "pr_curve.png"}
     paths["metrics"].write_text(json.dumps(payload, indent=2, default=str))
     paths["markdown"].write_text(markdown(results, info))
-    plot_pr_curves(results, paths["plot"], title="BSDS500 test: zero-shot edges")
+    plot_pr_curves({f"{LABELS.get(n, n)} (ours)": s for n, s in results.items()}, paths["plot"],
+                   title="BSDS500 test: zero-shot edges")
     return paths

@@ -100,7 +100,8 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
             predictor = FastSAMEdges(build_predictor(cfg.model).predictor, task.nms)
         else:
             predictor = ClassicalEdges(method, **task.baselines[method])
-        evaluator = BoundaryEvaluator(task.nthresh, task.max_dist, task.exact, task.workers)
+        evaluator = BoundaryEvaluator(task.nthresh, task.max_dist, task.exact, task.workers,
+                                      cfg.progress)
         edges_dir = out / "edges" / method
         evaluate_stream(edge_stream(records, predictor, cfg.batch_size),
                         [evaluator, EdgeMapWriter(edges_dir)], len(records), cfg.progress,

@@ -181,7 +181,7 @@ def test_bsds_edges_task_end_to_end(bsds, tiny_weights, tmp_path):
     assert saved["paper"]["FastSAM"]["ods"] == PAPER["FastSAM"][0] == 0.750
     report = (out / "report.md").read_text()
     assert "| FastSAM (paper) | 0.750 | 0.790 | 0.793 | 0.903 |" in report
-    assert f"| **sobel** | {metrics['sobel/ods']:.3f} |" in report
+    assert f"| **Sobel (ours)** | {metrics['sobel/ods']:.3f} |" in report
     assert cv2.imread(str(out / "pr_curve.png")) is not None
     assert any(out.glob("wandb/offline-run-*/files/media/images/bsds_edges/pr_curve*.png"))
 
