@@ -83,12 +83,14 @@ def build_model(
     reg_max: int = 26,
     arch: str = "yolov8-seg",
     hyp: IterableSimpleNamespace | None = None,
+    prototypes: int = 32,
 ) -> SegmentationModel:
     """Randomly initialised ultralytics ``SegmentationModel`` from the packaged ``{arch}.yaml``.
 
     The YAML is passed as a dict: from a file path ultralytics would take the scale from the file
     name and ignore ours. ``model.args`` gets ``hyp`` (default ``hyperparameters()``), as the loss
     reads its gains there. Params for nc=1, reg_max=26: n 3.63M, s 12.32M, x 72.23M.
+    ``prototypes``: number of mask prototypes (YOLACT's k; 32 in YOLOv8-seg and FastSAM).
     Forward in train mode: (B, 3, H, W) float in [0, 1] -> dict of ``boxes`` (B, 4*reg_max, A),
     ``scores`` (B, nc, A), ``mask_coefficient`` (B, 32, A), ``proto`` (B, 32, H/4, W/4), ``feats``.
     """
@@ -96,6 +98,10 @@ def build_model(
     if scale not in cfg.get("scales", {}):
         raise ValueError(f"scale {scale!r} not in {arch} scales {sorted(cfg.get('scales', {}))}")
     cfg.update(scale=scale, nc=nc, reg_max=reg_max)
+    head = cfg["head"][-1]  # [[from], 1, "Segment", [nc, nm, npr]]: nm = mask prototypes
+    if head[2] != "Segment":
+        raise ValueError(f"{arch}: the last head layer is {head[2]}, not Segment")
+    head[3] = [head[3][0], int(prototypes), *head[3][2:]]
     model = SegmentationModel(cfg, ch=3, nc=nc, verbose=False)
     model.args = hyp if hyp is not None else hyperparameters()
     return model
@@ -517,9 +523,10 @@ def read_pickled_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def model_config_from_state_dict(
     state_dict: dict[str, torch.Tensor], arch: str = "yolov8-seg"
 ) -> dict[str, Any]:
-    """``{arch, scale, nc, reg_max}`` of a YOLOv8-seg state_dict, read from tensor shapes: the scale
-    from the stem width (``model.0.conv.weight``: n 16, s 32, m 48, l 64, x 80 channels), reg_max
-    from the DFL conv, nc from the last class conv. ``build_model(**config)`` rebuilds it."""
+    """``{arch, scale, nc, reg_max[, prototypes]}`` of a YOLOv8-seg state_dict, from tensor
+    shapes: the scale from the stem width (``model.0.conv.weight``: n 16, s 32, m 48, l 64, x 80
+    channels), reg_max from the DFL conv, nc from the last class conv, prototypes from the proto
+    module (only when not 32). ``build_model(**config)`` rebuilds it."""
     widths = {math.ceil(min(64, mc) * w / 8) * 8: s
               for s, (_, w, mc) in YAML.load(ROOT / "cfg" / "models" / "v8" / f"{arch}.yaml")
               ["scales"].items()}
@@ -530,5 +537,9 @@ def model_config_from_state_dict(
     if stem is None or len(dfl) != 1 or not cls or stem.shape[0] not in widths:
         raise ValueError(f"not a {arch} state_dict (stem {None if stem is None else stem.shape}, "
                          f"{len(dfl)} DFL layers)")
-    return {"arch": arch, "scale": widths[stem.shape[0]], "nc": int(state_dict[cls[-1]].shape[0]),
-            "reg_max": int(dfl[0].shape[1])}
+    proto = [v for k, v in state_dict.items() if k.endswith(".proto.cv3.conv.weight")]
+    config = {"arch": arch, "scale": widths[stem.shape[0]],
+              "nc": int(state_dict[cls[-1]].shape[0]), "reg_max": int(dfl[0].shape[1])}
+    if proto and proto[0].shape[0] != 32:  # the default is left out (older files lack it)
+        config["prototypes"] = int(proto[0].shape[0])
+    return config

@@ -75,6 +75,22 @@ def test_build_model_scales(scale, millions):
     assert n_params(model) == millions
 
 
+def test_prototype_count_is_a_knob_and_round_trips():
+    """An ablation of YOLACT's k: the head, the loss and the state-dict reader follow it."""
+    torch.manual_seed(0)
+    model = ultra.build_model("n", prototypes=16)
+    assert model.model[-1].nm == 16
+    model.train()
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out["proto"].shape[1] == 16 and out["mask_coefficient"].shape[1] == 16
+    total, _ = ultra.build_loss(model)(out, val_batch(imgsz=64, n_images=1))
+    assert torch.isfinite(total)
+    config = ultra.model_config_from_state_dict(model.state_dict())
+    assert config["prototypes"] == 16 and config["reg_max"] == 26
+    assert "prototypes" not in ultra.model_config_from_state_dict(
+        ultra.build_model("n").state_dict())  # the default is implied (older files)
+
+
 def test_build_model_rejects_unknown_scale():
     with pytest.raises(ValueError, match="scale"):
         ultra.build_model("q")

@@ -74,15 +74,15 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
-def decode_detections(raw: torch.Tensor, conf: float, iou: float, max_det: int
+def decode_detections(raw: torch.Tensor, conf: float, iou: float, max_det: int, nm: int = 32
                       ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Class-agnostic NMS of the network's raw output.
 
     raw: (B, 4 + nc + nm, A): xywh in network pixels, nc sigmoid class scores (the best is the
     score), nm mask coefficients. Returns per image ``(boxes (n, 4) xyxy, scores (n,),
-    coefficients (n, nm))``, n <= max_det, by descending score.
+    coefficients (n, nm))``, n <= max_det, by descending score. ``nm``: the number of mask
+    prototypes (``proto.shape[1]``).
     """
-    nm = 32
     out = []
     for pred in raw.float().transpose(1, 2):  # (A, 4 + nc + nm)
         scores = pred[:, 4:-nm].amax(1)

@@ -116,7 +116,7 @@ class Predictor:
         raw, proto = self.network(x)
         t2 = time.perf_counter()
         with torch_threads(1):
-            dets = decode_detections(raw, o.conf, o.iou, o.max_det)
+            dets = decode_detections(raw, o.conf, o.iou, o.max_det, proto.shape[1])
             out = [segment_image(det, proto[i].float(), lb, o.snap_border, o.full_iou, probs,
                                  rle, o.chunk)
                    for i, (det, lb) in enumerate(zip(dets, boxes, strict=True))]

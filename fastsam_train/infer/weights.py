@@ -109,7 +109,8 @@ def build_network(weights: Weights, fuse: bool = True) -> nn.Module:
     Every tensor must match the architecture named by ``weights.config`` (strict load)."""
     cfg = weights.config
     model = ultra.build_model(cfg["scale"], nc=cfg["nc"], reg_max=cfg["reg_max"],
-                              arch=cfg.get("arch", "yolov8-seg"))
+                              arch=cfg.get("arch", "yolov8-seg"),
+                              prototypes=cfg.get("prototypes", 32))
     state = {k: v.float() if v.is_floating_point() else v for k, v in weights.state_dict.items()}
     try:
         model.load_state_dict(state, strict=True)

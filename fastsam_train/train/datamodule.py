@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,13 @@ from fastsam_train import ultra
 from fastsam_train.train.stream import ShardStream, StreamConfig, read_split
 
 log = logging.getLogger(__name__)
+
+
+def ignore_requeue_signal(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGUSR1. SLURM signals every process of a job step, and a forked
+    worker inherits Lightning's checkpoint-and-requeue handler: it would requeue the job (killing
+    the trainer mid-save) from a stale copy of the trainer. Only the trainer process handles it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -83,7 +91,7 @@ class ShardDataModule(L.LightningDataModule):
     def _loader(self, stream: ShardStream) -> DataLoader:
         return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=ultra.collate, persistent_workers=False,
-                          pin_memory=False)
+                          pin_memory=False, worker_init_fn=ignore_requeue_signal)
 
     def sync_epoch(self) -> None:
         """Point the stream at the trainer's epoch (workers are re-forked every epoch)."""

@@ -31,7 +31,8 @@ class FastSAMModule(L.LightningModule):
     """Class-agnostic YOLOv8-seg training.
 
     Args:
-        model: ``arch``, ``scale`` (n/s/m/l/x), ``nc`` (1), ``reg_max`` (26 for FastSAM).
+        model: ``arch``, ``scale`` (n/s/m/l/x), ``nc`` (1), ``reg_max`` (26 for FastSAM),
+            ``prototypes`` (mask prototypes, 32).
         hyp: ultralytics hyperparameters (lr0, lrf, momentum, ..., augmentations) plus
             grad_clip, ema_decay, ema_tau.
         init_weights: ultralytics-format .pt to initialise from (needs ``allow_pickle``).
@@ -51,7 +52,8 @@ class FastSAMModule(L.LightningModule):
         self.hyp = ultra.hyperparameters(**{k: v for k, v in hyp.items()
                                             if k not in OUR_HYP_KEYS})
         self.model = ultra.build_model(model["scale"], nc=model["nc"], reg_max=model["reg_max"],
-                                       arch=model["arch"], hyp=self.hyp)
+                                       arch=model["arch"], hyp=self.hyp,
+                                       prototypes=model.get("prototypes", 32))
         if init_weights:
             report = ultra.import_ultralytics_checkpoint(init_weights, self.model, allow_pickle)
             log.info("initialised from %s: %d tensors loaded, %d missing, %d mismatched",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from fastsam_train.train.module import FastSAMModule
@@ -25,7 +27,13 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` -> ``<output_dir>/checkpoints/last.ckpt``; a missing file is a clear error."""
+    """``last`` -> ``<output_dir>/checkpoints/last.ckpt``; a missing file is a clear error.
+    A requeued SLURM job resumes from its newest ``hpc_ckpt_N.ckpt`` (callbacks.SlurmRequeue)
+    whatever ``ckpt_path`` says: that is where the run stopped."""
+    if SLURMEnvironment.detect() and any(output_dir.glob("hpc_ckpt_*.ckpt")):
+        log.info("SLURM restart %s: resuming from the newest hpc_ckpt_N.ckpt in %s",
+                 os.environ.get("SLURM_RESTART_COUNT", "?"), output_dir)
+        return "hpc"
     if ckpt_path is None:
         return None
     path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
@@ -34,10 +42,38 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(path)
 
 
+def describe_cluster(trainer: L.Trainer) -> str:
+    """Where this process sits: cluster environment class and the ranks it reports."""
+    # a single-device strategy has no cluster_environment; the connector always has one
+    env = getattr(trainer.strategy, "cluster_environment", None) or \
+        trainer._accelerator_connector.cluster_environment
+    job = os.environ.get("SLURM_JOB_ID")
+    slurm = f" (SLURM job {job}, restart {os.environ.get('SLURM_RESTART_COUNT', '0')})" \
+        if job else ""
+    return (f"{type(env).__name__}{slurm}: global rank {env.global_rank()} of "
+            f"{env.world_size()}, local rank {env.local_rank()}, node rank {env.node_rank()}")
+
+
+def write_summary(path: Path, trainer: L.Trainer, module: L.LightningModule) -> Path:
+    """``metrics.json``: the final logged metrics, step, epoch and size of a finished run (what
+    ``data_tools/collect_sweep.py`` tabulates), written atomically."""
+    summary = {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+               "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
+               "parameters": int(sum(p.numel() for p in module.model.parameters())),
+               "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+               "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured experiment; returns the final logged metrics."""
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_num_threads(max(1, int(os.environ.get("FASTSAM_CPU_THREADS", "1"))))
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # INFO per COCOeval call
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -49,9 +85,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(
         cfg.get("callbacks")), logger=loggers or False)
+    log.info("cluster: %s", describe_cluster(trainer))
     trainer.fit(module, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir))
-    if cfg.export and trainer.is_global_zero and not trainer.fast_dev_run:
-        path = module.export(output_dir / "weights" / "last.pt")
-        log.info("exported EMA weights (ultralytics format) to %s", path)
+    if any(getattr(cb, "preempted", False) for cb in trainer.callbacks):
+        log.info("stopped for preemption; the requeued job resumes from the hpc checkpoint")
+        return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        write_summary(output_dir / "metrics.json", trainer, module)
+        if cfg.export:
+            path = module.export(output_dir / "weights" / "last.pt")
+            log.info("exported EMA weights (ultralytics format) to %s", path)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
