@@ -65,3 +65,46 @@ def test_bad_module_config_raises():
         FastSAMModule(model=cfg.model, hyp={**cfg.hyp, "not_a_hyperparameter": 1})
     with pytest.raises(ValueError, match="allow_pickle"):
         FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights="yolov8x-seg.pt")
+
+
+ABLATIONS = {"reg_max": ("model.reg_max", "16,26"), "data": ("sa1b_percent", "1,2,4"),
+             "imgsz": ("data.imgsz", "640,1024"), "scale": ("model", "yolov8s_seg,yolov8x_seg"),
+             "overlap_mask": ("hyp.overlap_mask", "false,true"),
+             "prototypes": ("model.prototypes", "16,32,64")}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablations_are_the_paper_recipe_with_one_swept_knob(name):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment=ablate_{name}"],
+                      return_hydra_config=True)
+    key, values = ABLATIONS[name]
+    assert dict(cfg.hydra.sweeper.params) == {key: values}
+    assert cfg.task_name == f"ablate_{name}" and cfg.model.scale == "x"
+    assert cfg.model.reg_max == 26 and cfg.trainer.max_epochs == 100
+
+
+def test_data_percent_picks_the_converted_sample():
+    assert compose_train("+experiment=fastsam_x").data.shards.endswith("/sa1b_2pct")
+    assert compose_train("+experiment=fastsam_x", "sa1b_percent=4").data.shards.endswith(
+        "/sa1b_4pct")
+
+
+def test_slurm_launcher_asks_for_the_trainer_layout(monkeypatch):
+    from fastsam_train import resolvers
+
+    resolvers.register()
+    monkeypatch.setenv("FASTSAM_SLURM_PARTITION", "gpu-long")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        gpu = compose("train", overrides=["hydra/launcher=slurm", "+experiment=fastsam_x",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+        cpu = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_sim"],
+                      return_hydra_config=True)
+        local = compose("train", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(gpu.hydra.launcher, resolve=True)
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 8, 8)
+    assert launcher["partition"] == "gpu-long" and launcher["account"] is None
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["max_num_timeout"] > 0
+    cpu_launcher = OmegaConf.to_container(cpu.hydra.launcher, resolve=True)
+    assert cpu_launcher["tasks_per_node"] == 2 and cpu_launcher["gpus_per_node"] is None
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
