@@ -209,4 +209,7 @@ def log_metrics(loggers: list, task: str, metrics: dict[str, float],
             run.log({f"{task}/{path.stem}": wandb.Image(str(path))
                      for path in files.values() if Path(path).suffix == ".png"})
             run.summary.update(flat)
+            logger.finalize("success")
+            run.finish()  # an evaluation is one run: a later logger must not reuse it
+            continue
         logger.finalize("success")
