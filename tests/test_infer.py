@@ -368,3 +368,19 @@ def test_overlay_draws_every_mask_and_the_prompts():
 def test_predict_yaml_mirrors_the_options():
     assert OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "predict.yaml")) == \
         asdict(PredictOptions())
+
+
+def test_parallel_mask_assembly_equals_serial():
+    """Threads over masks (CPU) give the same masks, probabilities and areas, also inside
+    inference mode (thread-local in torch)."""
+    torch.manual_seed(0)
+    coeff, protos = torch.randn(40, 32), torch.randn(32, 40, 48)
+    lb = letterbox_batch([np.zeros((150, 190, 3), np.uint8)], 192)[1][0]
+    boxes = torch.tensor([[float(i), float(i), 60.0 + 3 * i, 50.0 + 2 * i] for i in range(40)])
+    with torch.inference_mode():
+        serial = list(masks_from_prototypes(coeff, protos, boxes, lb, chunk=16, probs=True))
+        threaded = list(masks_from_prototypes(coeff, protos, boxes, lb, chunk=16, probs=True,
+                                              workers=3))
+    for (_, m1, p1, a1), (_, m2, p2, a2) in zip(serial, threaded, strict=True):
+        assert torch.equal(m1, m2) and torch.equal(p1, p2) and torch.equal(a1, a2)
+        assert torch.equal(a1, m1.flatten(1).sum(1))

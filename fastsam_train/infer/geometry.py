@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -146,16 +147,25 @@ def samplers_for(lb: Letterbox, proto_hw: tuple[int, int],
             axis_sampler(w0, wp, left, sx, stride_x, device))
 
 
+def tap_window(rows: AxisSampler, cols: AxisSampler, r: slice, c: slice) -> tuple[slice, slice]:
+    """The prototype rows and columns that the bilinear taps of pixel region [r, c] read."""
+    return (slice(int(rows.lo[r][0]), int(rows.hi[r][-1]) + 1),
+            slice(int(cols.lo[c][0]), int(cols.hi[c][-1]) + 1))
+
+
 def sample_region(logits: torch.Tensor, rows: AxisSampler, cols: AxisSampler,
-                  r: slice, c: slice) -> torch.Tensor:
+                  r: slice, c: slice, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Bilinear values of a prototype-grid map at original pixels [r, c]: (hp, wp) ->
-    (len(r), len(c)). Columns are interpolated first, on the 4x smaller prototype rows that the
-    region reads, then rows, with contiguous ``index_select`` gathers and ``lerp``."""
-    lo_r, hi_r = rows.lo[r], rows.hi[r]
+    (len(r), len(c)). ``logits`` may also be a window of the map whose top-left cell is
+    ``origin`` and that covers ``tap_window``. Columns are interpolated first, on the 4x smaller
+    prototype rows that the region reads, then rows, with contiguous ``index_select`` gathers
+    and ``lerp``."""
+    r0, c0 = origin
+    lo_r, hi_r = rows.lo[r] - r0, rows.hi[r] - r0
     first, last = int(lo_r[0]), int(hi_r[-1]) + 1
     window = logits[first:last]
-    lines = torch.lerp(window.index_select(1, cols.lo[c]), window.index_select(1, cols.hi[c]),
-                       cols.frac[c])
+    lines = torch.lerp(window.index_select(1, cols.lo[c] - c0),
+                       window.index_select(1, cols.hi[c] - c0), cols.frac[c])
     return torch.lerp(lines.index_select(0, lo_r - first), lines.index_select(0, hi_r - first),
                       rows.frac[r].unsqueeze(1))
 
@@ -188,7 +198,7 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype,
 def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxes: torch.Tensor,
                           lb: Letterbox, chunk: int = 64, probs: bool = False,
                           masks_out: torch.Tensor | None = None,
-                          probs_out: torch.Tensor | None = None,
+                          probs_out: torch.Tensor | None = None, workers: int = 1,
                           ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None,
                                               torch.Tensor]]:
     """Masks at the original resolution, ``chunk`` detections at a time.
@@ -199,25 +209,58 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
     outside (only if ``probs``), ``areas`` long (c,) mask pixel counts. Chunks are views of
     ``masks_out`` / ``probs_out`` (n, h0, w0) when given, else fresh buffers. Only each box is
     sampled, so the cost follows the boxes' area, and nothing goes through OpenCV (whose resize
-    stops at 512 channels).
+    stops at 512 channels). ``workers`` threads assemble the masks of a chunk in parallel (each
+    mask is a few large single-threaded tensor ops that release the GIL; CPU only).
     """
     h0, w0 = lb.orig_hw
     rows, cols = samplers_for(lb, protos.shape[1:], protos.device)
-    flat = protos.reshape(protos.shape[0], -1).float()
+    protos = protos.float()
     regions = box_slices(boxes, lb.orig_hw)
-    for sl in chunks(len(coefficients), chunk):
-        logits = (coefficients[sl].float() @ flat).view(-1, *protos.shape[1:])
-        shape = (len(logits), h0, w0)
-        masks = masks_out[sl] if masks_out is not None else \
-            lazy_zeros(shape, torch.bool, protos.device)
-        prob = None if not probs else probs_out[sl] if probs_out is not None else \
-            lazy_zeros(shape, torch.float32, protos.device)
-        areas = torch.zeros(len(logits), dtype=torch.long)
-        for k, (r, c) in enumerate(regions[sl]):
-            if r.stop > r.start and c.stop > c.start:
-                values = sample_region(logits[k], rows, cols, r, c)
+    on_cpu = protos.device.type == "cpu"
+    big_box = h0 * w0 // 4  # pixels: a box this large takes its logits from a full-grid matmul
+    parallel = workers > 1 and on_cpu
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_mode(fn, *args):  # autograd modes are thread-local: pool threads take the caller's
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(*args)
+
+    pool = ThreadPoolExecutor(workers) if parallel else None
+    try:
+        for sl in chunks(len(coefficients), chunk):
+            coeff, boxes_sl = coefficients[sl].float(), regions[sl]
+            # One matmul over the whole grid for the chunk's large boxes (all of them on a GPU);
+            # on the CPU a small box's logits are computed only on the cells its taps read
+            # (SA-1B-like boxes: ~30x fewer FLOPs). Same values either way.
+            large = [k for k, (r, c) in enumerate(boxes_sl)
+                     if not on_cpu or (r.stop - r.start) * (c.stop - c.start) > big_box]
+            logits = dict(zip(large, (coeff[large] @ protos.flatten(1)).view(
+                -1, *protos.shape[1:]), strict=True)) if large else {}
+            shape = (len(coeff), h0, w0)
+            masks = masks_out[sl] if masks_out is not None else \
+                lazy_zeros(shape, torch.bool, protos.device)
+            prob = None if not probs else probs_out[sl] if probs_out is not None else \
+                lazy_zeros(shape, torch.float32, protos.device)
+
+            def fill(k: int, r: slice, c: slice, coeff=coeff, logits=logits, masks=masks,
+                     prob=prob) -> int:
+                if r.stop <= r.start or c.stop <= c.start:
+                    return 0
+                if k in logits:
+                    values = sample_region(logits[k], rows, cols, r, c)
+                else:
+                    wr, wc = tap_window(rows, cols, r, c)
+                    window = torch.tensordot(coeff[k], protos[:, wr, wc], dims=1)
+                    values = sample_region(window, rows, cols, r, c, (wr.start, wc.start))
                 inside = torch.gt(values, 0, out=masks[k, r, c])
-                areas[k] = torch.count_nonzero(inside)
                 if prob is not None:
                     torch.sigmoid(values, out=prob[k, r, c])
-        yield sl, masks, prob, areas
+                return int(torch.count_nonzero(inside))
+
+            jobs = [(k, r, c) for k, (r, c) in enumerate(boxes_sl)]
+            counts = pool.map(lambda job: in_mode(fill, *job), jobs) if pool else \
+                [fill(*job) for job in jobs]
+            yield sl, masks, prob, torch.tensor(list(counts), dtype=torch.long)
+    finally:
+        if pool:
+            pool.shutdown()

@@ -100,11 +100,13 @@ def decode_detections(raw: torch.Tensor, conf: float, iou: float, max_det: int, 
 
 def segment_image(raw_det: tuple[torch.Tensor, torch.Tensor, torch.Tensor], proto: torch.Tensor,
                   lb: Letterbox, snap_border: float = 20.0, full_iou: float = 0.9,
-                  probs: bool = False, rle: bool = False, chunk: int = 64) -> Segmentation:
+                  probs: bool = False, rle: bool = False, chunk: int = 64,
+                  workers: int = 1) -> Segmentation:
     """One image's detections (network frame) and prototypes (32, hp, wp) -> ``Segmentation``.
 
     Boxes are snapped to the image border first (``snap_border`` px in the network frame, 0 turns
     it off) so the masks are cropped by the snapped boxes, as in the official predictor.
+    ``workers`` threads assemble masks in parallel (``masks_from_prototypes``).
     """
     boxes, scores, coefficients = raw_det
     if snap_border > 0 and len(boxes):
@@ -118,7 +120,7 @@ def segment_image(raw_det: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prot
         seg.probs = lazy_zeros((n, h0, w0), torch.float32, proto.device)
     areas = []
     for _, masks, _, area in masks_from_prototypes(coefficients, proto, boxes, lb, chunk, probs,
-                                                   seg.masks, seg.probs):
+                                                   seg.masks, seg.probs, workers):
         areas.append(area)
         if rle:
             seg.rles.extend(encode_rle(masks))

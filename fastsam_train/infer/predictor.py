@@ -44,6 +44,7 @@ class PredictOptions:
     full_iou: float = 0.9  # snapped boxes this close (IoU) to the whole image become it
     square: bool = False  # letterbox to imgsz x imgsz (fixed-shape ONNX) or to a stride multiple
     chunk: int = 64  # masks assembled at once: peak memory ~ chunk x image pixels x 5 bytes
+    post_workers: int = 0  # threads assembling masks on the CPU (0: torch's thread count)
 
 
 class ImageReadError(ValueError):
@@ -115,10 +116,11 @@ class Predictor:
         t1 = time.perf_counter()
         raw, proto = self.network(x)
         t2 = time.perf_counter()
-        with torch_threads(1):
+        workers = o.post_workers or torch.get_num_threads()
+        with torch_threads(1):  # small ops: one intra-op thread, parallel over masks instead
             dets = decode_detections(raw, o.conf, o.iou, o.max_det, proto.shape[1])
             out = [segment_image(det, proto[i].float(), lb, o.snap_border, o.full_iou, probs,
-                                 rle, o.chunk)
+                                 rle, o.chunk, workers)
                    for i, (det, lb) in enumerate(zip(dets, boxes, strict=True))]
         t3 = time.perf_counter()
         self.timing = {"preprocess": t1 - t0, "forward": t2 - t1, "postprocess": t3 - t2}
