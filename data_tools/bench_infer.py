@@ -192,7 +192,7 @@ def text_rows(seg, image: np.ndarray, n: int = 100) -> dict:
                               max(side, round(pil.size[1] * scale))), Image.BICUBIC)
             left, top = (pil.size[0] - side) // 2, (pil.size[1] - side) // 2
             pil = pil.crop((left, top, left + side, top + side))
-            crop = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float()[None] / 255
+            crop = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float()[None] / 255
             out.append(clip.encode_images(crop) @ text.T)
         return out
     naive, _ = timed(per_mask_pipeline)
