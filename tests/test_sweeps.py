@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,21 @@ def test_table_has_the_varied_parameters_and_flags_missing_runs(tmp_path):
                            str(sweep)], capture_output=True, text=True)
     assert done.returncode == 1 and "3 runs, 1 missing: 10" in done.stdout  # a pipeline notices
     assert (sweep / "summary.md").read_text() == md
+
+
+def test_collect_logs_a_wandb_table_offline(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, reg in enumerate((16, 26)):
+        make_run(sweep, i, [f"model.reg_max={reg}"], {"val/ar_100": 0.1 * (i + 1)})
+    done = subprocess.run([sys.executable, str(REPO / "data_tools" / "collect_sweep.py"),
+                           str(sweep), "--wandb"], capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = list(sweep.glob("wandb/offline-run-*/files/media/table/sweep/summary*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:3] == ["run", "model.reg_max", "val/ar_100"]
+    assert [row[1] for row in table["data"]] == ["16", "26"]
 
 
 def test_bad_sweep_folders_raise_clearly(tmp_path):
