@@ -183,3 +183,28 @@ def test_preempted_job_requeues_and_resumes_its_step_count(slurm, shards, tmp_pa
                    cwd=REPO, check=True, capture_output=True, env=env)
     expected = json.loads((plain / "metrics.json").read_text())["global_step"]
     assert 0 < saved["global_step"] < expected == summary["global_step"]
+
+
+def test_evaluation_array_runs_one_task_per_array_index(slurm, tmp_path):
+    """slurm/eval.sbatch: array task i runs EVAL_TASKS[i] into its own folder (here the BSDS
+    baselines twice, on a generated dataset in the BSR layout)."""
+    from test_eval_edges import make_bsds
+
+    images, gts = make_bsds(tmp_path / "bsds", n=2)
+    common = [f"task.image_dir={images}", f"task.gt_dir={gts}", "task.methods=[sobel]",
+              "task.workers=1", "progress=false"]
+    out = tmp_path / "outputs"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", "--export=ALL",
+         str(REPO / "slurm" / "eval.sbatch"), *common], cwd=tmp_path, check=True,
+        capture_output=True, text=True,
+        env=job_env(EVAL_TASKS="bsds_edges bsds_edges", FASTSAM_EVAL_OUT=str(out))
+    ).stdout.strip().split(";")[0]
+    assert wait_for(job)["JobState"] == "COMPLETED", job_info(job)
+    reports = sorted(out.glob(f"eval-{job}/*/metrics.json"))
+    assert [p.parent.name for p in reports] == ["0_bsds_edges", "1_bsds_edges"]
+    for report in reports:
+        assert json.loads(report.read_text())["metrics"]["sobel"]["sobel/ods"] > 0.8
+    logs = sorted(tmp_path.glob(f"slurm-fastsam-eval-{job}_*.out"))
+    assert len(logs) == 2 and all("[eval.sbatch] task bsds_edges on cpu" in p.read_text()
+                                  for p in logs)
