@@ -82,6 +82,7 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
         ClassicalEdges,
         EdgeMapWriter,
         FastSAMEdges,
+        bsds_folders,
         bsds_records,
         edge_stream,
         write_outputs,
@@ -89,7 +90,9 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
     from eval.report import log_metrics
 
     task, out = cfg.task, Path(cfg.paths.output_dir)
-    records = bsds_records(task.image_dir, task.gt_dir, cfg.max_images)
+    image_dir, gt_dir = bsds_folders(task.dataset, cfg.paths.data_dir, task.image_dir,
+                                     task.gt_dir)
+    records = bsds_records(image_dir, gt_dir, cfg.max_images)
     methods = list(task.methods)
     unknown = set(methods) - {"fastsam", *ClassicalEdges.FUNCTIONS}
     if unknown or not methods:
@@ -110,7 +113,8 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
         metrics.update(evaluator.scores.metrics(method))
         files.update({f"{method}_{r['id']}": edges_dir / f"{r['id']}.png"
                       for r in records[:task.logged_maps]})
-    info = {"images": len(records), "image_dir": str(task.image_dir), "gt_dir": str(task.gt_dir),
+    info = {"images": len(records), "dataset": task.dataset, "image_dir": str(image_dir),
+            "gt_dir": str(gt_dir),
             "nthresh": task.nthresh, "max_dist": task.max_dist, "exact": task.exact,
             "source": str(cfg.model.weights) if "fastsam" in methods else None,
             "config": OmegaConf.to_container(cfg, resolve=True)}

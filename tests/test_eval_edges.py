@@ -224,3 +224,21 @@ def test_bad_input_names_the_file(bsds, tmp_path):
     with pytest.raises(FileNotFoundError, match="BSDS folder"):
         bsds_records(tmp_path / "nope", gts)
     assert len(load_ground_truth(gts / "1000.mat")) == 1
+
+
+def test_bsds_splits_are_registered_under_the_data_root(tmp_path, monkeypatch):
+    from eval.edges import bsds_folders
+
+    images, gts = bsds_folders("bsds500_test", tmp_path)
+    assert images == tmp_path / "BSR/BSDS500/data/images/test"
+    assert gts == tmp_path / "BSR/BSDS500/data/groundTruth/test"
+    monkeypatch.setenv("FASTSAM_DATA", str(tmp_path / "env"))
+    assert bsds_folders("bsds500_val")[1] == tmp_path / "env/BSR/BSDS500/data/groundTruth/val"
+    assert bsds_folders("bsds500_test", None, "a", "b") == (Path("a"), Path("b"))
+    with pytest.raises(KeyError, match="bsds500_test"):
+        bsds_folders("bsds300")
+    make_bsds(tmp_path / "BSR" / "BSDS500" / "data", n=1)   # the standard layout, found by name
+    metrics = eval_run.run(compose_eval("task=bsds_edges", f"paths.data_dir={tmp_path}",
+                                        f"paths.output_dir={tmp_path / 'out'}", "progress=false",
+                                        "task.methods=[sobel]", "task.workers=1"))
+    assert metrics["images"] == 1
