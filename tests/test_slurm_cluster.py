@@ -177,6 +177,7 @@ def test_preempted_job_requeues_and_resumes_its_step_count(slurm, shards, tmp_pa
     log = (tmp_path / f"slurm-fastsam-train-{job}.out").read_text()
     assert f"Restoring states from the checkpoint path at {run / 'hpc_ckpt_1.ckpt'}" in log
     assert summary["slurm_restart_count"] == 1
+    assert "preempted at step" in log and "Traceback" not in log  # a clean stop, then resume
     plain = tmp_path / "plain"  # the same run without interruption, outside SLURM
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     subprocess.run([sys.executable, str(REPO / "train.py"), f"hydra.run.dir={plain}", *args],

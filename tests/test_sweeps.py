@@ -89,9 +89,10 @@ def test_requeue_signal_follows_the_launcher(monkeypatch):
 def test_dataloader_workers_ignore_the_requeue_signal():
     from fastsam_train.train.datamodule import ignore_requeue_signal
 
-    before = signal.getsignal(signal.SIGUSR1)
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     try:
         ignore_requeue_signal(0)
-        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in before)
     finally:
-        signal.signal(signal.SIGUSR1, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -16,10 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def ignore_requeue_signal(_worker_id: int) -> None:
-    """DataLoader workers ignore SIGUSR1. SLURM signals every process of a job step, and a forked
-    worker inherits Lightning's checkpoint-and-requeue handler: it would requeue the job (killing
-    the trainer mid-save) from a stale copy of the trainer. Only the trainer process handles it."""
+    """DataLoader workers ignore SIGUSR1 and SIGTERM; the trainer process handles both.
+
+    SLURM signals every process of a job step. A forked worker inherits the requeue handler and
+    would act on a stale copy of the trainer. On SIGTERM (a requeue or scancel) a worker dying
+    first makes the trainer fail with "DataLoader worker killed" while it winds down; workers
+    still exit with the trainer (torch's parent watchdog) or at SLURM's SIGKILL."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ShardDataModule(L.LightningDataModule):
