@@ -384,3 +384,48 @@ def test_parallel_mask_assembly_equals_serial():
     for (_, m1, p1, a1), (_, m2, p2, a2) in zip(serial, threaded, strict=True):
         assert torch.equal(m1, m2) and torch.equal(p1, p2) and torch.equal(a1, a2)
         assert torch.equal(a1, m1.flatten(1).sum(1))
+
+
+def test_compiled_mask_pass_is_exactly_the_torch_sampling():
+    """The numba kernel (masks only, CPU) against ``sample_region > 0``, pixel for pixel, on
+    random grids, letterbox offsets/scales and boxes; and masks-only assembly against the
+    probability path (which samples with torch)."""
+    from fastsam_train.infer.geometry import (
+        axis_sampler,
+        compiled_threshold,
+        numpy_samplers,
+        sample_region,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi, (1,), generator=gen))
+
+    for _ in range(60):
+        hp, wp, h0, w0 = rint(8, 48), rint(8, 48), rint(20, 400), rint(20, 400)
+        scale = min(4 * hp / h0, 4 * wp / w0) * (0.5 + 0.5 * float(torch.rand(1, generator=gen)))
+        rows = axis_sampler(h0, hp, rint(0, 8), scale, 4.0)
+        cols = axis_sampler(w0, wp, rint(0, 8), scale, 4.0)
+        logits = F.interpolate(torch.randn(1, 1, 4, 4, generator=gen), size=(hp, wp),
+                               mode="bilinear")[0, 0] * 3
+        y1, x1 = rint(0, h0), rint(0, w0)
+        r, c = slice(y1, rint(y1 + 1, h0 + 1)), slice(x1, rint(x1 + 1, w0 + 1))
+        out = torch.zeros(h0, w0, dtype=torch.bool)
+        wr, wc = slice(2, hp), slice(1, wp)  # a window of the grid: global tap indices shift
+        if rows.lo[r][0] >= 2 and cols.lo[c][0] >= 1:
+            area = compiled_threshold(logits[wr, wc], numpy_samplers(rows, cols), r, c, (2, 1),
+                                      out)
+        else:
+            area = compiled_threshold(logits, numpy_samplers(rows, cols), r, c, (0, 0), out)
+        expected = sample_region(logits, rows, cols, r, c) > 0
+        assert torch.equal(out[r, c], expected) and area == int(expected.sum())
+        assert int(out.sum()) == area  # nothing written outside the box
+    coeff, protos = torch.randn(30, 32, generator=gen), torch.randn(32, 40, 48, generator=gen)
+    lb = letterbox_batch([np.zeros((150, 190, 3), np.uint8)], 192)[1][0]
+    boxes = torch.tensor([[2.0 * i, float(i), 40.0 + 5 * i, 30.0 + 4 * i] for i in range(30)])
+    boxes[0] = torch.tensor([0.0, 0.0, 190.0, 150.0])  # a whole-image box: full-grid logits
+    (_, fast, _, fast_area), = masks_from_prototypes(coeff, protos, boxes, lb, chunk=64)
+    (_, ref, _, ref_area), = masks_from_prototypes(coeff, protos, boxes, lb, chunk=64,
+                                                   probs=True)
+    assert torch.equal(fast, ref) and torch.equal(fast_area, ref_area)
