@@ -182,6 +182,21 @@ def compiled_threshold(window: torch.Tensor, samplers: tuple[np.ndarray, ...], r
                                   out.numpy()))
 
 
+def full_grid_logits(coeff: torch.Tensor, protos: torch.Tensor, index: list[int],
+                     threads: int) -> dict[int, torch.Tensor]:
+    """{k: coeff[k] @ protos} (hp, wp) for k in ``index``, one product with at least ``threads``
+    intra-op threads (the mask threads are idle meanwhile)."""
+    before = torch.get_num_threads()
+    if threads > before:
+        torch.set_num_threads(threads)
+    try:
+        logits = (coeff[index] @ protos.flatten(1)).view(-1, *protos.shape[1:])
+    finally:
+        if threads > before:
+            torch.set_num_threads(before)
+    return dict(zip(index, logits, strict=True))
+
+
 def cpu_window_logits(coeff: np.ndarray, protos: np.ndarray, samplers: tuple[np.ndarray, ...],
                       r: slice, c: slice) -> tuple[torch.Tensor, tuple[int, int]]:
     """(logits on the prototype cells that region [r, c] reads, their top-left cell): float32
@@ -266,11 +281,7 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
             # (SA-1B-like boxes: ~30x fewer FLOPs). Same values either way.
             large = [k for k, (r, c) in enumerate(boxes_sl)
                      if not on_cpu or (r.stop - r.start) * (c.stop - c.start) > big_box]
-            threads = torch.get_num_threads()
-            torch.set_num_threads(max(threads, workers))  # the pool is idle during the product
-            logits = dict(zip(large, (coeff[large] @ protos.flatten(1)).view(
-                -1, *protos.shape[1:]), strict=True)) if large else {}
-            torch.set_num_threads(threads)
+            logits = full_grid_logits(coeff, protos, large, workers) if large else {}
             coeff_np = coeff.numpy() if on_cpu else None
             shape = (len(coeff), h0, w0)
             masks = masks_out[sl] if masks_out is not None else \
