@@ -29,14 +29,12 @@ from tqdm import tqdm
 from eval.bsds import (
     BoundaryScores,
     canny_edges,
-    evaluate_image,
-    load_ground_truth,
+    evaluate_against,
     plot_pr_curves,
     sobel_edges,
     summarize,
     to_png,
-    write_bsr_files,
-    write_counts,
+    write_results,
 )
 from eval.bsds.masks import edges_from_masks
 from eval.datasets import data_root
@@ -92,12 +90,12 @@ def bsds_records(image_dir: str | Path, gt_dir: str | Path,
     gts = {p.stem: p for p in gt_dir.glob("*.mat")}
     if not gts:
         raise FileNotFoundError(f"no ground truth (*.mat) in {gt_dir}")
-    for iid in sorted(set(images) - set(gts)):
-        raise FileNotFoundError(f"ground truth not found: {gt_dir / (iid + '.mat')} "
-                                f"(for image {images[iid]})")
-    for iid in sorted(set(gts) - set(images)):
-        raise FileNotFoundError(f"image not found for ground truth {gts[iid]} "
-                                f"(looked for {iid}.jpg/.png in {image_dir})")
+    if no_gt := sorted(set(images) - set(gts)):
+        raise FileNotFoundError(f"ground truth not found: {gt_dir / (no_gt[0] + '.mat')} "
+                                f"(for image {images[no_gt[0]]})")
+    if no_image := sorted(set(gts) - set(images)):
+        raise FileNotFoundError(f"image not found for ground truth {gts[no_image[0]]} "
+                                f"(looked for {no_image[0]}.jpg/.png in {image_dir})")
     records = [{"id": i, "image": images[i], "gt": gts[i]} for i in sorted(gts)]
     return records[:max_images] if max_images else records
 
@@ -154,11 +152,7 @@ class ClassicalEdges:
 
 # --- evaluators (the protocol of eval.core: reset / process / evaluate) ---------------------
 def _count(png: np.ndarray, gt_path: Path, image_path: Path, **kwargs):
-    gts = load_ground_truth(gt_path)
-    if png.shape != gts[0].shape:
-        raise ValueError(f"edge map of {image_path} is {png.shape} but ground truth {gt_path} "
-                         f"is {gts[0].shape}")
-    return evaluate_image(png.astype(np.float64) / 255.0, gts, **kwargs)
+    return evaluate_against(png.astype(np.float64) / 255.0, gt_path, image_path, **kwargs)
 
 
 class BoundaryEvaluator:
@@ -259,10 +253,7 @@ def write_outputs(out: Path, results: dict[str, BoundaryScores], counts: dict[st
 
     out.mkdir(parents=True, exist_ok=True)
     for name, scores in results.items():
-        folder = out / "bsr" / name
-        write_bsr_files(scores, folder)
-        for iid, c in counts[name].items():
-            write_counts(c, folder / f"{iid}_ev1.txt")
+        write_results(out / "bsr" / name, counts[name], scores)
     payload = {"task": "bsds_edges", **info,
                "metrics": {n: {k: (None if math.isnan(v) else v)
                                for k, v in s.metrics(n).items()} for n, s in results.items()},

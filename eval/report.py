@@ -202,6 +202,7 @@ def log_metrics(loggers: list, task: str, metrics: dict[str, float],
     flat = {f"{task}/{k}": v for k, v in metrics.items() if not math.isnan(v)}
     for logger in loggers:
         logger.log_metrics(flat, step=0)
+        run = None
         if type(logger).__name__ == "WandbLogger":
             import wandb
 
@@ -209,7 +210,6 @@ def log_metrics(loggers: list, task: str, metrics: dict[str, float],
             run.log({f"{task}/{path.stem}": wandb.Image(str(path))
                      for path in files.values() if Path(path).suffix == ".png"})
             run.summary.update(flat)
-            logger.finalize("success")
-            run.finish()  # an evaluation is one run: a later logger must not reuse it
-            continue
         logger.finalize("success")
+        if run is not None:
+            run.finish()  # an evaluation is one run: a later logger must not reuse it

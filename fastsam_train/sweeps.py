@@ -32,6 +32,12 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
     return out
 
 
+def _run_order(run_dir: Path) -> tuple:
+    """Job numbers numerically (0, 1, ..., 10), then any other folder by name."""
+    name = run_dir.name
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
 def load_runs(sweep_dir: str | Path) -> list[dict]:
     """Every run of the sweep, by job number: {``run``, ``dir``, ``params``, ``metrics``,
     ``global_step``, ``status``}. Raises FileNotFoundError when there are no runs at all, and
@@ -40,12 +46,9 @@ def load_runs(sweep_dir: str | Path) -> list[dict]:
     if not sweep.is_dir():
         raise FileNotFoundError(f"sweep folder not found: {sweep}")
     runs = []
-    for overrides in sorted(sweep.glob("*/.hydra/overrides.yaml"),
-                            key=lambda p: (not p.parent.parent.name.isdigit(),
-                                           int(p.parent.parent.name)
-                                           if p.parent.parent.name.isdigit() else 0,
-                                           p.parent.parent.name)):
-        run_dir = overrides.parent.parent
+    for run_dir in sorted((p.parents[1] for p in sweep.glob("*/.hydra/overrides.yaml")),
+                          key=_run_order):
+        overrides = run_dir / ".hydra" / "overrides.yaml"
         params = parse_overrides(yaml.safe_load(overrides.read_text()) or [])
         summary, status = {}, "missing"
         metrics_file = run_dir / "metrics.json"

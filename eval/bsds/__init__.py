@@ -8,13 +8,14 @@ dataset scores. See ``evaluate.benchmark_dir`` for a directory of PNGs.
 from .baselines import canny_edges, sobel_edges, to_png
 from .counts import (
     ImageCounts,
+    evaluate_against,
     evaluate_files,
     evaluate_image,
     read_counts,
     thresholds,
     write_counts,
 )
-from .evaluate import benchmark_dir, evaluate_dir, list_pairs
+from .evaluate import benchmark_dir, evaluate_dir, list_pairs, write_results
 from .io import load_edge_map, load_ground_truth
 from .match import match_pixels
 from .metrics import BoundaryScores, area_pr, max_f, recall_at_50, summarize, write_bsr_files
@@ -32,6 +33,7 @@ __all__ = [
     "edge_nms",
     "edge_orientation",
     "evaluate_dir",
+    "evaluate_against",
     "evaluate_files",
     "evaluate_image",
     "gradient2",
@@ -51,4 +53,5 @@ __all__ = [
     "to_png",
     "write_bsr_files",
     "write_counts",
+    "write_results",
 ]

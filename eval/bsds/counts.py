@@ -21,6 +21,7 @@ __all__ = [
     "ImageCounts",
     "thresholds",
     "evaluate_image",
+    "evaluate_against",
     "evaluate_files",
     "read_counts",
     "write_counts",
@@ -82,27 +83,27 @@ def evaluate_image(
     return ImageCounts(thr, *counts)
 
 
-def evaluate_files(
-    pred_path: str | Path,
-    gt_path: str | Path,
-    nthresh: int = 99,
-    max_dist: float = 0.0075,
-    apply_thin: bool = True,
-    exact: bool = True,
-    apply_nms: bool = False,
-) -> ImageCounts:
-    """Load a PNG edge map and its ``groundTruth`` .mat and count them (see evaluate_image).
+def evaluate_against(pb: np.ndarray, gt_path: str | Path, source: str | Path,
+                     **options) -> ImageCounts:
+    """Counts of soft map ``pb`` (H, W) in [0, 1] against the annotators of ``gt_path`` (a
+    ``groundTruth`` .mat); ``source`` names the map in the error for a size mismatch.
+    ``options``: those of ``evaluate_image``."""
+    gts = load_ground_truth(gt_path)
+    if pb.shape != gts[0].shape:
+        raise ValueError(
+            f"edge map {source} has size {pb.shape}, ground truth {gt_path} has {gts[0].shape}"
+        )
+    return evaluate_image(pb, gts, **options)
+
+
+def evaluate_files(pred_path: str | Path, gt_path: str | Path, **options) -> ImageCounts:
+    """Load a PNG edge map and count it against its ``groundTruth`` .mat (``evaluate_against``;
+    ``options`` as for ``evaluate_image``).
 
     Raises FileNotFoundError / ValueError naming the file for missing, unreadable or
     wrong-sized inputs.
     """
-    gts = load_ground_truth(gt_path)
-    pb = load_edge_map(pred_path)
-    if pb.shape != gts[0].shape:
-        raise ValueError(
-            f"edge map {pred_path} has size {pb.shape}, ground truth {gt_path} has {gts[0].shape}"
-        )
-    return evaluate_image(pb, gts, nthresh, max_dist, apply_thin, exact, apply_nms)
+    return evaluate_against(load_edge_map(pred_path), gt_path, pred_path, **options)
 
 
 def read_counts(path: str | Path) -> ImageCounts:

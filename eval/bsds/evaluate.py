@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .counts import ImageCounts, evaluate_files, write_counts
 from .metrics import BoundaryScores, summarize, write_bsr_files
 
-__all__ = ["list_pairs", "evaluate_dir", "benchmark_dir"]
+__all__ = ["list_pairs", "evaluate_dir", "benchmark_dir", "write_results"]
 
 
 def list_pairs(
@@ -102,9 +102,15 @@ def benchmark_dir(
     counts = evaluate_dir(pred_dir, gt_dir, **kwargs)
     scores = summarize(list(counts.values()))
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for iid, c in counts.items():
-            write_counts(c, out / f"{iid}_ev1.txt")
-        write_bsr_files(scores, out)
+        write_results(out_dir, counts, scores)
     return scores
+
+
+def write_results(out_dir: str | Path, counts: dict[str, ImageCounts],
+                  scores: BoundaryScores) -> None:
+    """BSR's output folder: ``<id>_ev1.txt`` per image and the eval_bdry*.txt summaries."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for iid, c in counts.items():
+        write_counts(c, out / f"{iid}_ev1.txt")
+    write_bsr_files(scores, out)

@@ -148,9 +148,10 @@ def samplers_for(lb: Letterbox, proto_hw: tuple[int, int],
 
 
 def tap_window(rows: AxisSampler, cols: AxisSampler, r: slice, c: slice) -> tuple[slice, slice]:
-    """The prototype rows and columns that the bilinear taps of pixel region [r, c] read."""
-    return (slice(int(rows.lo[r][0]), int(rows.hi[r][-1]) + 1),
-            slice(int(cols.lo[c][0]), int(cols.hi[c][-1]) + 1))
+    """The prototype rows and columns that the bilinear taps of the (non-empty) pixel region
+    [r, c] read (taps are monotonic). Samplers of torch tensors or numpy arrays."""
+    return (slice(int(rows.lo[r.start]), int(rows.hi[r.stop - 1]) + 1),
+            slice(int(cols.lo[c.start]), int(cols.hi[c.stop - 1]) + 1))
 
 
 def sample_region(logits: torch.Tensor, rows: AxisSampler, cols: AxisSampler,
@@ -170,14 +171,16 @@ def sample_region(logits: torch.Tensor, rows: AxisSampler, cols: AxisSampler,
                       rows.frac[r].unsqueeze(1))
 
 
-def compiled_threshold(window: torch.Tensor, samplers: tuple[np.ndarray, ...], r: slice,
-                       c: slice, origin: tuple[int, int], out: torch.Tensor) -> int:
+def compiled_threshold(window: torch.Tensor, samplers: tuple[AxisSampler, AxisSampler],
+                       r: slice, c: slice, origin: tuple[int, int], out: torch.Tensor) -> int:
     """``sample_region(window, ..., origin) > 0`` written into ``out[r, c]`` (bool (H, W), CPU)
     by the numba kernel (``kernels.threshold_bilinear``: identical result, one pass, ~3x
     faster); returns its area. ``samplers``: ``numpy_samplers(rows, cols)``."""
     from fastsam_train.infer.kernels import threshold_bilinear
 
-    return int(threshold_bilinear(window.contiguous().numpy(), origin[0], origin[1], *samplers,
+    rows, cols = samplers
+    return int(threshold_bilinear(window.contiguous().numpy(), origin[0], origin[1], rows.lo,
+                                  rows.hi, rows.frac, cols.lo, cols.hi, cols.frac,
                                   np.array([r.start, r.stop]), np.array([c.start, c.stop]),
                                   out.numpy()))
 
@@ -197,22 +200,22 @@ def full_grid_logits(coeff: torch.Tensor, protos: torch.Tensor, index: list[int]
     return dict(zip(index, logits, strict=True))
 
 
-def cpu_window_logits(coeff: np.ndarray, protos: np.ndarray, samplers: tuple[np.ndarray, ...],
-                      r: slice, c: slice) -> tuple[torch.Tensor, tuple[int, int]]:
+def cpu_window_logits(coeff: np.ndarray, protos: np.ndarray,
+                      samplers: tuple[AxisSampler, AxisSampler], r: slice, c: slice
+                      ) -> tuple[torch.Tensor, tuple[int, int]]:
     """(logits on the prototype cells that region [r, c] reads, their top-left cell): float32
     (nm,) coefficients . (hp, wp, nm) prototypes, numpy, compiled (``kernels.window_logits``)."""
     from fastsam_train.infer.kernels import window_logits
 
-    lo_r, hi_r, _, lo_c, hi_c, _ = samplers
-    r0, r1, c0, c1 = int(lo_r[r.start]), int(hi_r[r.stop - 1]) + 1, int(lo_c[c.start]), \
-        int(hi_c[c.stop - 1]) + 1
-    return torch.from_numpy(window_logits(coeff, protos, r0, r1, c0, c1)), (r0, c0)
+    wr, wc = tap_window(*samplers, r, c)
+    return (torch.from_numpy(window_logits(coeff, protos, wr.start, wr.stop, wc.start, wc.stop)),
+            (wr.start, wc.start))
 
 
-def numpy_samplers(rows: AxisSampler, cols: AxisSampler) -> tuple[np.ndarray, ...]:
-    """(lo_r, hi_r, frac_r, lo_c, hi_c, frac_c) as numpy arrays, for ``compiled_threshold``."""
-    return tuple(t.cpu().numpy() for t in (rows.lo, rows.hi, rows.frac, cols.lo, cols.hi,
-                                           cols.frac))
+def numpy_samplers(rows: AxisSampler, cols: AxisSampler) -> tuple[AxisSampler, AxisSampler]:
+    """The (rows, cols) samplers with numpy arrays, for the compiled CPU kernels."""
+    return tuple(AxisSampler(*(t.cpu().numpy() for t in (s.lo, s.hi, s.frac)))
+                 for s in (rows, cols))
 
 
 def box_slices(boxes: torch.Tensor, hw: tuple[int, int]) -> list[tuple[slice, slice]]:

@@ -54,10 +54,11 @@ def describe_cluster(trainer: L.Trainer) -> str:
             f"{env.world_size()}, local rank {env.local_rank()}, node rank {env.node_rank()}")
 
 
-def write_summary(path: Path, trainer: L.Trainer, module: L.LightningModule) -> Path:
-    """``metrics.json``: the final logged metrics, step, epoch and size of a finished run (what
-    ``data_tools/collect_sweep.py`` tabulates), written atomically."""
-    summary = {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+def write_summary(path: Path, trainer: L.Trainer, module: L.LightningModule,
+                  metrics: dict[str, float]) -> Path:
+    """``metrics.json``: the final logged ``metrics``, step, epoch and size of a finished run
+    (what ``data_tools/collect_sweep.py`` tabulates), written atomically."""
+    summary = {"metrics": metrics,
                "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
                "parameters": int(sum(p.numel() for p in module.model.parameters())),
                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
@@ -88,12 +89,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("cluster: %s", describe_cluster(trainer))
     trainer.fit(module, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if any(getattr(cb, "preempted", False) for cb in trainer.callbacks):
         log.info("stopped for preemption; the requeued job resumes from the hpc checkpoint")
-        return {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if trainer.is_global_zero and not trainer.fast_dev_run:
-        write_summary(output_dir / "metrics.json", trainer, module)
+    elif trainer.is_global_zero and not trainer.fast_dev_run:
+        write_summary(output_dir / "metrics.json", trainer, module, metrics)
         if cfg.export:
             path = module.export(output_dir / "weights" / "last.pt")
             log.info("exported EMA weights (ultralytics format) to %s", path)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return metrics
