@@ -10,6 +10,7 @@ convention), so they line up with the original image whatever the padding or rou
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
+GRID_GROUP = 16  # masks per full-grid logits product on the CPU (full_grid_logits)
 
 
 @dataclass(frozen=True)
@@ -185,19 +188,31 @@ def compiled_threshold(window: torch.Tensor, samplers: tuple[AxisSampler, AxisSa
                                   out.numpy()))
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
 def full_grid_logits(coeff: torch.Tensor, protos: torch.Tensor, index: list[int],
-                     threads: int) -> dict[int, torch.Tensor]:
-    """{k: coeff[k] @ protos} (hp, wp) for k in ``index``, one product with at least ``threads``
-    intra-op threads (the mask threads are idle meanwhile)."""
-    before = torch.get_num_threads()
-    if threads > before:
-        torch.set_num_threads(threads)
-    try:
-        logits = (coeff[index] @ protos.flatten(1)).view(-1, *protos.shape[1:])
-    finally:
-        if threads > before:
-            torch.set_num_threads(before)
-    return dict(zip(index, logits, strict=True))
+                     pool: ThreadPoolExecutor | None = None) -> dict[int, torch.Tensor]:
+    """{k: coeff[k] @ protos} (hp, wp) for k in ``index``. On a GPU one product. On the CPU the
+    products are numpy's, ``GRID_GROUP`` masks each (fixed groups: the same values whatever the
+    thread count), spread over ``pool``'s threads with one BLAS thread each: numpy's
+    (OpenBLAS) output comes on huge pages, where torch's takes a page fault per 4 KiB (64 masks
+    on a 192x256 grid: 3 ms against 15 ms), and a multi-threaded BLAS call would leave its
+    threads spinning beside the mask threads (measured: twice the CPU time for the same work)."""
+    if protos.device.type != "cpu":
+        logits = coeff[index] @ protos.flatten(1)
+        return dict(zip(index, logits.view(-1, *protos.shape[1:]), strict=True))
+    flat = protos.flatten(1).numpy()
+    parts = [index[i:i + GRID_GROUP] for i in range(0, len(index), GRID_GROUP)]
+    with _blas().limit(limits=1, user_api="blas"):
+        products = (pool.map if pool else map)(lambda part: coeff[part].numpy() @ flat, parts)
+        out = {}
+        for part, logits in zip(parts, products, strict=True):
+            out.update(zip(part, torch.from_numpy(logits).view(-1, *protos.shape[1:]),
+                           strict=True))
+    return out
 
 
 def cpu_window_logits(coeff: np.ndarray, protos: np.ndarray,
@@ -263,12 +278,15 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
     h0, w0 = lb.orig_hw
     rows, cols = samplers_for(lb, protos.shape[1:], protos.device)
     protos = protos.float()
+    # Both layouts, each made once and only if needed: (nm, hp, wp) for full-grid products,
+    # (hp, wp, nm) for the compiled window kernel (free when the network ran channels-last).
+    planar = functools.cache(lambda: protos.contiguous())
+    channels_last = functools.cache(lambda: protos.permute(1, 2, 0).contiguous().numpy())
     regions = box_slices(boxes, lb.orig_hw)
     on_cpu = protos.device.type == "cpu"
     big_box = h0 * w0 // 4  # pixels: a box this large takes its logits from a full-grid matmul
     parallel = workers > 1 and on_cpu
     flat_samplers = numpy_samplers(rows, cols) if on_cpu else None
-    protos_np = protos.permute(1, 2, 0).contiguous().numpy() if on_cpu else None  # (hp, wp, nm)
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def in_mode(fn, *args):  # autograd modes are thread-local: pool threads take the caller's
@@ -284,7 +302,7 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
             # (SA-1B-like boxes: ~30x fewer FLOPs). Same values either way.
             large = [k for k, (r, c) in enumerate(boxes_sl)
                      if not on_cpu or (r.stop - r.start) * (c.stop - c.start) > big_box]
-            logits = full_grid_logits(coeff, protos, large, workers) if large else {}
+            logits = full_grid_logits(coeff, planar(), large, pool) if large else {}
             coeff_np = coeff.numpy() if on_cpu else None
             shape = (len(coeff), h0, w0)
             masks = masks_out[sl] if masks_out is not None else \
@@ -299,7 +317,7 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
                 if k in logits:
                     window, origin = logits[k], (0, 0)
                 elif on_cpu:
-                    window, origin = cpu_window_logits(coeff_np[k], protos_np, flat_samplers,
+                    window, origin = cpu_window_logits(coeff_np[k], channels_last(), flat_samplers,
                                                        r, c)
                 else:
                     wr, wc = tap_window(rows, cols, r, c)

@@ -11,13 +11,19 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-HALF, ONE = np.float32(0.5), np.float32(1.0)
+HALF, ONE = np.float32(0.5), np.float32(1.0)  # torch.lerp (float32): a + w (b - a) if w < 0.5,
+# else b - (b - a)(1 - w)
 
 
-@numba.njit(inline="always")
-def _lerp(a, b, w):
-    """torch.lerp on float32: ``a + w (b - a)`` for w < 0.5, else ``b - (b - a)(1 - w)``."""
-    return a + w * (b - a) if w < HALF else b - (b - a) * (ONE - w)
+@numba.njit(nogil=True, cache=True, inline="always")
+def _columns(src, lo, hi, w, u, dst):  # pragma: no cover
+    """One prototype row ``src`` interpolated at the pixel columns (taps ``lo``, ``hi``, weight
+    ``w`` on hi, ``u`` = 1 - w) into ``dst``: torch.lerp's two forms, selected per column
+    without a branch, so the loop vectorises (~3x faster than a call per element)."""
+    for j in range(len(dst)):
+        x, y = src[lo[j]], src[hi[j]]
+        d = y - x
+        dst[j] = x + w[j] * d if w[j] < HALF else y - d * u[j]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -31,22 +37,30 @@ def threshold_bilinear(window, r0, c0, lo_r, hi_r, frac_r, lo_c, hi_c, frac_c,
     indices are global; ``window`` holds the prototype cells from (``r0``, ``c0``) on. As in
     ``sample_region``, each prototype row is first interpolated along the columns (once), then
     each pixel between its two rows."""
-    first, last = lo_r[rows[0]] - r0, hi_r[rows[1] - 1] - r0 + 1
     width = cols[1] - cols[0]
+    lo, hi = lo_c[cols[0]:cols[1]] - c0, hi_c[cols[0]:cols[1]] - c0
+    w = frac_c[cols[0]:cols[1]]
+    u = ONE - w
+    first, last = lo_r[rows[0]] - r0, hi_r[rows[1] - 1] - r0 + 1
     lines = np.empty((last - first, width), np.float32)
     for a in range(first, last):
-        for j in range(width):
-            jj = cols[0] + j
-            lines[a - first, j] = _lerp(window[a, lo_c[jj] - c0], window[a, hi_c[jj] - c0],
-                                        frac_c[jj])
+        _columns(window[a], lo, hi, w, u, lines[a - first])
     count = 0
     for i in range(rows[0], rows[1]):
         top, bottom, t = lines[lo_r[i] - r0 - first], lines[hi_r[i] - r0 - first], frac_r[i]
-        row = out[i, cols[0]:cols[1]]
-        for j in range(width):
-            inside = _lerp(top[j], bottom[j], t) > 0
-            row[j] = inside
-            count += inside
+        row, inside = out[i, cols[0]:cols[1]], 0
+        if t < HALF:  # the row's weight is fixed: one branch per row, not per pixel
+            for j in range(width):
+                v = top[j] + t * (bottom[j] - top[j]) > 0
+                row[j] = v
+                inside += v
+        else:
+            s = ONE - t
+            for j in range(width):
+                v = bottom[j] - (bottom[j] - top[j]) * s > 0
+                row[j] = v
+                inside += v
+        count += inside
     return count
 
 
