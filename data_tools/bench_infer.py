@@ -196,7 +196,26 @@ def text_rows(seg, image: np.ndarray, n: int = 100) -> dict:
             out.append(clip.encode_images(crop) @ text.T)
         return out
     naive, _ = timed(per_mask_pipeline)
-    return {"masks": len(masks), "batched": batched, "single": single, "naive": naive}
+    return {"masks": len(masks), "batched": batched, "single": single, "naive": naive,
+            **batching_ceiling(clip, single / len(masks))}
+
+
+def batching_ceiling(clip, seconds_per_call: float) -> dict:
+    """How much batching can gain on this device at most: the image encoder's FLOPs per crop
+    (torch's FlopCounterMode) against this CPU's float32 matrix-multiply rate (a 2048^3 product,
+    best of 5). A batch cannot run faster than that rate, so single calls that already reach a
+    large share of it leave little to gain; on a GPU a single call is latency-bound instead."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    crop = torch.rand(1, 3, *clip.size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        clip.model.encode_image(crop)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak = 2 * 2048 ** 3 / min(timed(lambda: a @ b)[0] for _ in range(5))
+    flops = counter.get_total_flops()
+    return {"gflop_per_crop": flops / 1e9, "matmul_gflops": peak / 1e9,
+            "single_gflops": flops / seconds_per_call / 1e9,
+            "max_batching_gain": seconds_per_call / (flops / peak)}
 
 
 def print_table(results: dict) -> None:
@@ -244,6 +263,11 @@ def print_table(results: dict) -> None:
               f"call per crop (our crops) {t['single']:.1f} s -> {t['single'] / t['batched']:.1f}x;"
               f" per-mask pipeline (mask whole image, PIL resize, one call) {t['naive']:.1f} s "
               f"-> {t['naive'] / t['batched']:.1f}x")
+        print(f"  CLIP image encoder {t['gflop_per_crop']:.1f} GFLOP per crop; one call per crop "
+              f"runs at {t['single_gflops']:.0f} GFLOP/s against this CPU's float32 matmul rate "
+              f"{t['matmul_gflops']:.0f} GFLOP/s: batching can gain at most "
+              f"{t['max_batching_gain']:.1f}x here (batched achieved "
+              f"{t['gflop_per_crop'] * t['masks'] / t['batched']:.0f} GFLOP/s)")
 
 
 def main() -> None:
