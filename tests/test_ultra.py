@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from types import SimpleNamespace
 
@@ -338,3 +339,26 @@ def test_import_round_trips_weights_exactly(tmp_path):
     assert torch.equal(other.model[0].conv.weight, theirs["model.0.conv.weight"])
     with pytest.raises(RuntimeError, match="mismatched"):
         ultra.import_ultralytics_checkpoint(path, other, allow_pickle=True, strict=True)
+
+
+def test_inference_network_matches_the_training_model():
+    """The inference wrapper (Conv+BN folded, channels-last weights) computes what the plain
+    eval-mode model computes: the same raw predictions and prototypes, in any input layout."""
+    torch.manual_seed(0)
+    model = ultra.build_model("n", reg_max=26)
+    model.eval()
+    for m in model.modules():  # non-trivial BN statistics, so folding them is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.inference_mode():
+        (raw_ref, proto_ref), _ = model(x)
+        network = ultra.inference_network(copy.deepcopy(model))
+        kernels = [p for p in network.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+        assert kernels and all(p.is_contiguous(memory_format=torch.channels_last)
+                               and not p.is_contiguous() for p in kernels)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            raw, proto = network(inp)
+            torch.testing.assert_close(raw, raw_ref, rtol=1e-4, atol=1e-3)
+            torch.testing.assert_close(proto, proto_ref, rtol=1e-4, atol=1e-4)
