@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import mmap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -250,12 +251,21 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype,
                device: torch.device | str = "cpu") -> torch.Tensor:
-    """A zero tensor. On the CPU its memory comes from ``calloc`` (through numpy), so the OS
-    hands out zeroed pages only where something is written: a (300, 768, 1024) bool mask stack
-    whose boxes cover a tenth of the image costs a tenth of its size to create."""
+    """A zero tensor. On the CPU a large one is a private anonymous mapping of small pages, so
+    the OS hands out zeroed 4 KiB pages only where something is written: a (300, 768, 1024) bool
+    mask stack whose boxes cover a tenth of the image costs about a tenth of its size to create.
+    (numpy's ``calloc`` asks for huge pages: a 2 MiB page is zeroed whole on its first write,
+    and on a fragmented machine the kernel compacts memory to find one. Measured in the
+    benchmark, FastSAM-s rows: system time 1.39 -> 0.67 s, post-processing at 300 masks
+    26 -> 21 % with random-weight boxes, 20 -> 12 % with SA-1B-like boxes.)"""
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    return torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    size = math.prod(shape) * np_dtype.itemsize
+    if size < mmap.PAGESIZE * 64:
+        return torch.zeros(shape, dtype=dtype)
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.from_numpy(np.frombuffer(buffer, np_dtype).reshape(shape))
 
 
 def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxes: torch.Tensor,
