@@ -198,10 +198,10 @@ def full_grid_logits(coeff: torch.Tensor, protos: torch.Tensor, index: list[int]
                      pool: ThreadPoolExecutor | None = None) -> dict[int, torch.Tensor]:
     """{k: coeff[k] @ protos} (hp, wp) for k in ``index``. On a GPU one product. On the CPU the
     products are numpy's, ``GRID_GROUP`` masks each (fixed groups: the same values whatever the
-    thread count), spread over ``pool``'s threads with one BLAS thread each: numpy's
-    (OpenBLAS) output comes on huge pages, where torch's takes a page fault per 4 KiB (64 masks
-    on a 192x256 grid: 3 ms against 15 ms), and a multi-threaded BLAS call would leave its
-    threads spinning beside the mask threads (measured: twice the CPU time for the same work)."""
+    thread count), spread over ``pool``'s threads with one BLAS thread each. For this shape
+    (K = 32) numpy's (OpenBLAS) product is several times faster than torch's (64 masks on a
+    192x256 grid: 3-7 ms against 15 ms), and a multi-threaded BLAS call would leave its threads
+    spinning beside the mask threads (measured: twice the CPU time for the same work)."""
     if protos.device.type != "cpu":
         logits = coeff[index] @ protos.flatten(1)
         return dict(zip(index, logits.view(-1, *protos.shape[1:]), strict=True))
@@ -256,8 +256,8 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype,
     mask stack whose boxes cover a tenth of the image costs about a tenth of its size to create.
     (numpy's ``calloc`` asks for huge pages: a 2 MiB page is zeroed whole on its first write,
     and on a fragmented machine the kernel compacts memory to find one. Measured in the
-    benchmark, FastSAM-s rows: system time 1.39 -> 0.67 s, post-processing at 300 masks
-    26 -> 21 % with random-weight boxes, 20 -> 12 % with SA-1B-like boxes.)"""
+    benchmark, FastSAM-s rows: system time 1.39 -> 0.58-0.67 s, post-processing at 300 masks
+    26 -> 21 % with random-weight boxes, 20 -> 12-15 % with SA-1B-like boxes.)"""
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
