@@ -429,3 +429,55 @@ def test_compiled_mask_pass_is_exactly_the_torch_sampling():
     (_, ref, _, ref_area), = masks_from_prototypes(coeff, protos, boxes, lb, chunk=64,
                                                    probs=True)
     assert torch.equal(fast, ref) and torch.equal(fast_area, ref_area)
+
+
+def test_buffer_pool_reuses_only_released_memory_and_clears_it():
+    """A stack's memory is handed out again only after every tensor / view of it is gone, and
+    comes back all zero even where the caller wrote; kept memory stays under the bound."""
+    import gc
+
+    from fastsam_train.infer.memory import BufferPool
+
+    pool = BufferPool(max_bytes=3 << 20)
+    shape = (4, 256, 1024)  # 1 MiB of bool
+    first = torch.from_numpy(pool.zeros(shape, np.bool_))
+    first.fill_(True)  # the caller writes everywhere
+    view = first[2]  # a view keeps the memory in use
+    address = first.data_ptr()
+    del first
+    gc.collect()
+    second = torch.from_numpy(pool.zeros(shape, np.bool_))
+    assert pool.reused == 0 and second.data_ptr() != address and bool(view.all())
+    del view
+    gc.collect()
+    third = torch.from_numpy(pool.zeros(shape, np.bool_))  # now the first stack's memory
+    assert pool.reused == 1 and third.data_ptr() == address and not bool(third.any())
+    smaller = torch.from_numpy(pool.zeros((2, 256, 1024), np.float32))  # 2 MiB: fresh
+    assert pool.reused == 1 and not bool(smaller.any())
+    del second, third, smaller
+    gc.collect()
+    assert sum(len(b) for b in pool._free) <= 3 << 20
+    assert pool.zeros((3, 5), np.float32).sum() == 0  # small arrays are plain numpy
+
+
+def test_masks_are_equal_on_fresh_and_recycled_memory():
+    """Everything mode twice on the same input, the first result dropped in between (so the
+    second reuses its memory after the caller scribbled on it): identical masks."""
+    import gc
+
+    from fastsam_train.infer.memory import POOL
+
+    torch.manual_seed(0)
+    coeff, protos = torch.randn(30, 32), torch.randn(32, 48, 64)
+    lb = letterbox_batch([np.zeros((180, 250, 3), np.uint8)], 256)[1][0]
+    boxes = torch.tensor([[3.0 * i, 2.0 * i, 120.0 + 4 * i, 90.0 + 3 * i] for i in range(30)])
+    det = (boxes_to_network(boxes, lb), torch.linspace(1, 0.5, 30), coeff)
+    first = segment_image(det, protos, lb, snap_border=0, workers=2)
+    expected = first.masks.clone()
+    first.masks.fill_(True)
+    before = POOL.reused
+    del first
+    gc.collect()
+    second = segment_image(det, protos, lb, snap_border=0, workers=2)
+    assert POOL.reused == before + 1
+    assert torch.equal(second.masks, expected)

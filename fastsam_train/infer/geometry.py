@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import mmap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
+
+from fastsam_train.infer.memory import POOL
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
 GRID_GROUP = 16  # masks per full-grid logits product on the CPU (full_grid_logits)
@@ -251,21 +252,16 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype,
                device: torch.device | str = "cpu") -> torch.Tensor:
-    """A zero tensor. On the CPU a large one is a private anonymous mapping of small pages, so
-    the OS hands out zeroed 4 KiB pages only where something is written: a (300, 768, 1024) bool
-    mask stack whose boxes cover a tenth of the image costs about a tenth of its size to create.
-    (numpy's ``calloc`` asks for huge pages: a 2 MiB page is zeroed whole on its first write,
-    and on a fragmented machine the kernel compacts memory to find one. Measured in the
-    benchmark, FastSAM-s rows: system time 1.39 -> 0.58-0.67 s, post-processing at 300 masks
-    26 -> 21 % with random-weight boxes, 20 -> 12-15 % with SA-1B-like boxes.)"""
+    """A zero tensor. On the CPU a large one comes from ``memory.POOL``: memory of a released
+    stack, cleared, or a fresh anonymous mapping of small pages, which the OS zeroes only where
+    something is written (a (300, 768, 1024) bool stack whose boxes cover a tenth of the image
+    costs about a tenth of its size to create). numpy's own ``calloc`` asks for huge pages: a
+    2 MiB page is zeroed whole on its first write, and on a fragmented machine the kernel
+    compacts memory to find one (measured in the benchmark, FastSAM-s rows: system time 1.39 ->
+    0.58-0.67 s with small pages)."""
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    size = math.prod(shape) * np_dtype.itemsize
-    if size < mmap.PAGESIZE * 64:
-        return torch.zeros(shape, dtype=dtype)
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return torch.from_numpy(np.frombuffer(buffer, np_dtype).reshape(shape))
+    return torch.from_numpy(POOL.zeros(shape, torch.empty((), dtype=dtype).numpy().dtype))
 
 
 def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxes: torch.Tensor,
