@@ -109,7 +109,7 @@ def realistic_post(predictor: Predictor, image: np.ndarray, repeats: int) -> tup
     real = torch.tensor(np.stack([x1, y1, np.minimum(x1 + sides[:, 0], right),
                                   np.minimum(y1 + sides[:, 1], bottom)], 1), dtype=torch.float32)
 
-    workers = o.post_workers or torch.get_num_threads()  # as Predictor.everything
+    workers = o.mask_threads()  # as Predictor.everything
 
     def post():
         with torch_threads(1):

@@ -299,6 +299,29 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return fn(*args)
 
+    def fill(k: int, r: slice, c: slice, coeff: torch.Tensor, coeff_np: np.ndarray | None,
+             logits: dict[int, torch.Tensor], masks: torch.Tensor,
+             prob: torch.Tensor | None) -> int:
+        """Mask ``k`` of a chunk (and its probabilities) inside box [r, c]; returns its area."""
+        if r.stop <= r.start or c.stop <= c.start:
+            return 0
+        if k in logits:
+            window, origin = logits[k], (0, 0)
+        elif on_cpu:
+            window, origin = cpu_window_logits(coeff_np[k], channels_last(), flat_samplers,
+                                               r, c)
+        else:
+            wr, wc = tap_window(rows, cols, r, c)
+            window = torch.tensordot(coeff[k], protos[:, wr, wc], dims=1)
+            origin = (wr.start, wc.start)
+        if prob is None and on_cpu:  # masks only: the compiled single pass
+            return compiled_threshold(window, flat_samplers, r, c, origin, masks[k])
+        values = sample_region(window, rows, cols, r, c, origin)
+        inside = torch.gt(values, 0, out=masks[k, r, c])
+        if prob is not None:
+            torch.sigmoid(values, out=prob[k, r, c])
+        return int(torch.count_nonzero(inside))
+
     pool = ThreadPoolExecutor(workers) if parallel else None
     try:
         for sl in chunks(len(coefficients), chunk):
@@ -316,28 +339,8 @@ def masks_from_prototypes(coefficients: torch.Tensor, protos: torch.Tensor, boxe
             prob = None if not probs else probs_out[sl] if probs_out is not None else \
                 lazy_zeros(shape, torch.float32, protos.device)
 
-            def fill(k: int, r: slice, c: slice, coeff=coeff, coeff_np=coeff_np, logits=logits,
-                     masks=masks, prob=prob) -> int:
-                if r.stop <= r.start or c.stop <= c.start:
-                    return 0
-                if k in logits:
-                    window, origin = logits[k], (0, 0)
-                elif on_cpu:
-                    window, origin = cpu_window_logits(coeff_np[k], channels_last(), flat_samplers,
-                                                       r, c)
-                else:
-                    wr, wc = tap_window(rows, cols, r, c)
-                    window = torch.tensordot(coeff[k], protos[:, wr, wc], dims=1)
-                    origin = (wr.start, wc.start)
-                if prob is None and on_cpu:  # masks only: the compiled single pass
-                    return compiled_threshold(window, flat_samplers, r, c, origin, masks[k])
-                values = sample_region(window, rows, cols, r, c, origin)
-                inside = torch.gt(values, 0, out=masks[k, r, c])
-                if prob is not None:
-                    torch.sigmoid(values, out=prob[k, r, c])
-                return int(torch.count_nonzero(inside))
-
-            jobs = [(k, r, c) for k, (r, c) in enumerate(boxes_sl)]
+            jobs = [(k, r, c, coeff, coeff_np, logits, masks, prob)
+                    for k, (r, c) in enumerate(boxes_sl)]
             counts = pool.map(lambda job: in_mode(fill, *job), jobs) if pool else \
                 [fill(*job) for job in jobs]
             yield sl, masks, prob, torch.tensor(list(counts), dtype=torch.long)

@@ -66,10 +66,5 @@ class BufferPool:
             while sum(len(b) for b in self._free) > self.max_bytes:
                 self._free.pop(0)  # the oldest goes; its memory is unmapped once unreferenced
 
-    def clear(self) -> None:
-        """Drop every kept buffer (their memory returns to the OS)."""
-        with self._lock:
-            self._free.clear()
-
 
 POOL = BufferPool(max_bytes=1 << 30)

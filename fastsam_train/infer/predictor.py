@@ -46,6 +46,10 @@ class PredictOptions:
     chunk: int = 64  # masks assembled at once: peak memory ~ chunk x image pixels x 5 bytes
     post_workers: int = 0  # threads assembling masks on the CPU (0: torch's thread count)
 
+    def mask_threads(self) -> int:
+        """The threads that assemble masks: ``post_workers``, or torch's thread count if 0."""
+        return self.post_workers or torch.get_num_threads()
+
 
 class ImageReadError(ValueError):
     """An image path that OpenCV cannot decode."""
@@ -116,7 +120,7 @@ class Predictor:
         t1 = time.perf_counter()
         raw, proto = self.network(x)
         t2 = time.perf_counter()
-        workers = o.post_workers or torch.get_num_threads()
+        workers = o.mask_threads()
         with torch_threads(1):  # small ops: one intra-op thread, parallel over masks instead
             dets = decode_detections(raw, o.conf, o.iou, o.max_det, proto.shape[1])
             out = [segment_image(det, proto[i].float(), lb, o.snap_border, o.full_iou, probs,
