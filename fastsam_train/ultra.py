@@ -59,8 +59,8 @@ __all__ = [
     "build_model", "build_optimizer", "build_train_transforms", "build_val_transforms", "collate",
     "export_ultralytics_checkpoint", "hyperparameters", "import_ultralytics_checkpoint",
     "label_dict", "lr_factor", "optimizer_iterations", "optimizer_param_groups",
-    "resolve_optimizer", "segment_predictions", "warmup_iterations", "warmup_lr",
-    "warmup_momentum", "without_mix",
+    "resolve_optimizer", "segment_predictions", "validate_model_config", "warmup_iterations",
+    "warmup_lr", "warmup_momentum", "without_mix",
 ]  # fmt: skip
 
 LOSS_NAMES = ("box", "seg", "cls", "dfl")  # order of ultralytics' loss vector (its 5th, sem, is 0)
@@ -75,6 +75,41 @@ def hyperparameters(**overrides: Any) -> IterableSimpleNamespace:
     and the augmentations (``mosaic``, ``degrees``, ``hsv_h`` ...) read as attributes.
     """
     return get_cfg(DEFAULT_CFG_DICT, overrides or None)
+
+
+ARCHITECTURES = ("yolov8-seg",)  # packaged model YAMLs a config or a file may name
+MODEL_LIMITS = {"nc": (1, 1000), "reg_max": (1, 64), "prototypes": (1, 256)}  # inclusive
+
+
+def validate_model_config(config: Any, source: str = "model config") -> dict[str, Any]:
+    """``{arch, scale, nc, reg_max[, prototypes]}`` checked for ``build_model``; raises ValueError.
+
+    Values read from a file (weights, checkpoints, configs) must never choose code: ``arch`` must
+    be one of ``ARCHITECTURES`` (a name, never a path: ultralytics ``eval``s strings of a model
+    YAML), ``scale`` one of that YAML's scales, and ``nc`` / ``reg_max`` / ``prototypes`` plain
+    integers within ``MODEL_LIMITS``. Unknown keys are refused. ``source`` names the origin in
+    the message."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: model config must be a mapping, got {type(config).__name__}")
+    unknown = sorted(map(str, set(config) - {"arch", "scale", *MODEL_LIMITS}))
+    if unknown:
+        raise ValueError(f"{source}: unknown model config keys {unknown}")
+    arch = config.get("arch", "yolov8-seg")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ValueError(f"{source}: arch {arch!r} is not a packaged architecture "
+                         f"{list(ARCHITECTURES)}")
+    scales = sorted(YAML.load(ROOT / "cfg" / "models" / "v8" / f"{arch}.yaml")["scales"])
+    scale = config.get("scale")
+    if not isinstance(scale, str) or scale not in scales:
+        raise ValueError(f"{source}: scale {scale!r} not in {arch} scales {scales}")
+    out = {"arch": arch, "scale": scale}
+    for key, (low, high) in MODEL_LIMITS.items():
+        value = config.get(key, {"nc": 1, "reg_max": 26, "prototypes": 32}[key])
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{source}: {key} must be an integer in [{low}, {high}], "
+                             f"got {value!r}")
+        out[key] = value
+    return out
 
 
 def build_model(
@@ -94,9 +129,9 @@ def build_model(
     Forward in train mode: (B, 3, H, W) float in [0, 1] -> dict of ``boxes`` (B, 4*reg_max, A),
     ``scores`` (B, nc, A), ``mask_coefficient`` (B, 32, A), ``proto`` (B, 32, H/4, W/4), ``feats``.
     """
-    cfg = YAML.load(ROOT / "cfg" / "models" / "v8" / f"{arch}.yaml")
-    if scale not in cfg.get("scales", {}):
-        raise ValueError(f"scale {scale!r} not in {arch} scales {sorted(cfg.get('scales', {}))}")
+    checked = validate_model_config({"arch": arch, "scale": scale, "nc": nc,
+                                     "reg_max": reg_max, "prototypes": prototypes})
+    cfg = YAML.load(ROOT / "cfg" / "models" / "v8" / f"{checked['arch']}.yaml")
     cfg.update(scale=scale, nc=nc, reg_max=reg_max)
     head = cfg["head"][-1]  # [[from], 1, "Segment", [nc, nm, npr]]: nm = mask prototypes
     if head[2] != "Segment":
@@ -529,6 +564,7 @@ def model_config_from_state_dict(
     shapes: the scale from the stem width (``model.0.conv.weight``: n 16, s 32, m 48, l 64, x 80
     channels), reg_max from the DFL conv, nc from the last class conv, prototypes from the proto
     module (only when not 32). ``build_model(**config)`` rebuilds it."""
+    validate_model_config({"arch": arch, "scale": "n"}, "state_dict reader")
     widths = {math.ceil(min(64, mc) * w / 8) * 8: s
               for s, (_, w, mc) in YAML.load(ROOT / "cfg" / "models" / "v8" / f"{arch}.yaml")
               ["scales"].items()}
@@ -544,4 +580,5 @@ def model_config_from_state_dict(
               "nc": int(state_dict[cls[-1]].shape[0]), "reg_max": int(dfl[0].shape[1])}
     if proto and proto[0].shape[0] != 32:  # the default is left out (older files lack it)
         config["prototypes"] = int(proto[0].shape[0])
+    validate_model_config(config, "state_dict shapes")
     return config

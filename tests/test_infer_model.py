@@ -70,7 +70,7 @@ def image_file(tmp_path_factory) -> Path:
 def test_lightning_checkpoint_is_weights_only_and_gives_the_ema(files):
     torch.load(files["ckpt"], map_location="cpu", weights_only=True)  # must not raise
     w = read_weights(files["ckpt"])
-    assert w.source == "lightning-ema" and w.config == CONFIG
+    assert w.source == "lightning-ema" and w.config == {**CONFIG, "prototypes": 32}
     raw = torch.load(files["ckpt"], weights_only=True)["state_dict"]
     key = "model.0.conv.weight"
     assert torch.allclose(w.state_dict[key], raw["model." + key] + 0.01)
@@ -81,7 +81,7 @@ def test_pickled_checkpoint_needs_explicit_consent(files):
         read_weights(files["pt"])
     assert "ultralytics.nn.tasks.SegmentationModel" in str(err.value)
     w = read_weights(files["pt"], allow_pickle=True)
-    assert w.source == "ultralytics-pickle" and w.config == CONFIG
+    assert w.source == "ultralytics-pickle" and w.config == {**CONFIG, "prototypes": 32}
     ema = read_weights(files["ckpt"]).state_dict
     assert all(torch.allclose(w.state_dict[k].float(), ema[k].float(), atol=2e-3, rtol=1e-3)
                for k in ema)  # FP16
@@ -89,7 +89,7 @@ def test_pickled_checkpoint_needs_explicit_consent(files):
 
 def test_weights_only_file_round_trips(files):
     w = read_weights(files["weights"])
-    assert w.source == "weights" and w.config == CONFIG
+    assert w.source == "weights" and w.config == {**CONFIG, "prototypes": 32}
     torch.load(files["weights"], weights_only=True)
 
 

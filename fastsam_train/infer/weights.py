@@ -70,8 +70,8 @@ def _read_pickled(path: Path, allow_pickle: bool) -> Weights:
             "`fastsam convert-weights SRC DST --allow-pickle` and use DST from then on.")
     if any(name.startswith("ultralytics.") for name in needs):
         state_dict = ultra.read_pickled_checkpoint(path)
-        return Weights(ultra.model_config_from_state_dict(state_dict), state_dict,
-                       "ultralytics-pickle")
+        config = ultra.validate_model_config(ultra.model_config_from_state_dict(state_dict))
+        return Weights(config, state_dict, "ultralytics-pickle")
     return _from_dict(torch.load(path, map_location="cpu", weights_only=False), path, "pickled ")
 
 
@@ -79,18 +79,29 @@ def _from_dict(obj: object, path: Path, how: str) -> Weights:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(obj).__name__}")
     if obj.get("format") == WEIGHTS_FORMAT:
-        return Weights(dict(obj["config"]), obj["state_dict"], how + "weights")
+        config = ultra.validate_model_config(obj.get("config"), f"{path} config")
+        return Weights(config, _state_dict(obj.get("state_dict"), path), how + "weights")
     if "state_dict" in obj and "hyper_parameters" in obj:  # FastSAMModule (Lightning)
-        config = dict(obj["hyper_parameters"]["model"])
+        hyper = obj["hyper_parameters"]
+        model = hyper.get("model") if isinstance(hyper, dict) else None
+        config = ultra.validate_model_config(model, f"{path} hyper_parameters.model")
         ema = obj.get("ema")
-        if ema and ema.get("weights"):
-            return Weights(config, ema["weights"], how + "lightning-ema")
-        state = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()
-                 if k.startswith("model.")}
+        if isinstance(ema, dict) and ema.get("weights"):
+            return Weights(config, _state_dict(ema["weights"], path), how + "lightning-ema")
+        state = {k.removeprefix("model."): v for k, v in _state_dict(obj["state_dict"], path)
+                 .items() if k.startswith("model.")}
         return Weights(config, state, how + "lightning")
     raise ValueError(f"{path}: unknown checkpoint layout (keys {sorted(obj)[:8]}); expected a "
                      "fastsam-train .ckpt, a weights file from `fastsam convert-weights`, or an "
                      "ultralytics .pt")
+
+
+def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """``obj`` if it is a mapping of string keys to tensors, else ValueError naming ``path``."""
+    if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ValueError(f"{path}: the state_dict is not a mapping of names to tensors")
+    return obj
 
 
 def save_weights(weights: Weights, path: str | Path, half: bool = False) -> Path:
@@ -107,10 +118,9 @@ def save_weights(weights: Weights, path: str | Path, half: bool = False) -> Path
 def build_network(weights: Weights, fuse: bool = True) -> nn.Module:
     """The eval-mode network ``x (B, 3, H, W) in [0, 1] -> (raw, proto)`` for ``weights``.
     Every tensor must match the architecture named by ``weights.config`` (strict load)."""
-    cfg = weights.config
+    cfg = ultra.validate_model_config(weights.config, f"weights ({weights.source})")
     model = ultra.build_model(cfg["scale"], nc=cfg["nc"], reg_max=cfg["reg_max"],
-                              arch=cfg.get("arch", "yolov8-seg"),
-                              prototypes=cfg.get("prototypes", 32))
+                              arch=cfg["arch"], prototypes=cfg["prototypes"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in weights.state_dict.items()}
     try:
         model.load_state_dict(state, strict=True)

@@ -140,14 +140,25 @@ class FastSAMModule(L.LightningModule):
         self.manual_backward(loss * self.trainer.world_size)
         # as ultralytics: no forced step at epoch end, pending gradients carry over
         if ni - self.last_opt_step >= self.accumulate(ni, nw):
-            self.clip_gradients(optimizer, gradient_clip_val=self.extra["grad_clip"],
-                                gradient_clip_algorithm="norm")
-            optimizer.step()
+            # clipping happens in on_before_optimizer_step, after the AMP unscale
+            optimizer.step()  # GradScaler: skipped when gradients overflow; EMA updates anyway
             optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.model)
             self.last_opt_step = ni
         self._log_train(items, batch, imgs.shape[0], optimizer.optimizer)
         return loss.detach()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip the gradient norm at ``grad_clip`` (10) on true gradients.
+
+        Lightning's precision plugins call this hook inside ``optimizer.step()``: under AMP
+        (``16-mixed``) after ``scaler.unscale_`` and before ``scaler.step`` / ``scaler.update``,
+        which is ultralytics 8.0.120's ``optimizer_step`` order (unscale, clip, step, update).
+        Clipping before ``optimizer.step()`` would see gradients times the loss scale (65536 at
+        start) and shrink every update by that factor. In fp32 the hook runs just before the
+        step, so both paths clip the same gradients."""
+        self.clip_gradients(optimizer, gradient_clip_val=self.extra["grad_clip"],
+                            gradient_clip_algorithm="norm")
 
     def _nonfinite(self, loss: torch.Tensor, batch: dict, batch_idx: int) -> None:
         where = (f"non-finite loss {loss.item()} at epoch {self.current_epoch} batch {batch_idx}"
