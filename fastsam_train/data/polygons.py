@@ -25,21 +25,34 @@ import numpy as np
 MULTIPART_MODES = ("merge", "largest")
 
 
+MAX_RLE_CHUNKS = 8  # 5-bit chunks per count: 40 bits, far above any image's pixel count
+
+
+class RLETotalError(ValueError):
+    """RLE runs that are negative or do not add up to the mask's height x width."""
+
+
 def rle_counts(counts: str | bytes) -> np.ndarray:
     """Decode COCO's compressed RLE string into run lengths (int64), vectorised.
 
     Same format as pycocotools' ``rleFrString``: each count is a little-endian group of 5-bit
     chunks (char - 48, bit 0x20 = more chunks follow, bit 0x10 of the last chunk = negative),
     and from the fourth count on, each is stored as a delta to the count two places earlier.
+    Raises ValueError for characters outside the alphabet or a count of more than
+    ``MAX_RLE_CHUNKS`` chunks (which would overflow int64).
     """
     raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
     c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
     if c.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if c.min() < 0 or c.max() > 63:
+        raise ValueError("RLE counts string has characters outside '0'..'o'")
     last = (c & 0x20) == 0
     group = np.concatenate([[0], np.cumsum(last)[:-1]])
     starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
     pos = np.arange(c.size) - starts[group]
+    if pos.max() >= MAX_RLE_CHUNKS or not last[-1]:
+        raise ValueError("RLE counts string has an over-long or unfinished count")
     x = np.add.reduceat((c & 0x1F) << (5 * pos), starts)
     ends = np.flatnonzero(last)
     negative = (c[ends] & 0x10) != 0
@@ -49,6 +62,32 @@ def rle_counts(counts: str | bytes) -> np.ndarray:
     return x
 
 
+def rle_runs(rle: dict) -> np.ndarray:
+    """Run lengths (int64) of a COCO RLE (compressed string or list of ints), checked: every
+    run >= 0 and the runs sum to ``size[0] x size[1]`` (RLETotalError otherwise), so a wrong or
+    hostile count can neither shift the mask nor allocate more than the image."""
+    height, width = (int(v) for v in rle["size"])
+    if not (height > 0 and width > 0 and height * width < 1 << 40):
+        raise ValueError(f"RLE size {height}x{width} out of range")
+    counts = rle["counts"]
+    if isinstance(counts, str | bytes):
+        runs = rle_counts(counts)
+    else:
+        if not isinstance(counts, list) or not all(type(v) is int for v in counts):
+            raise ValueError("RLE counts must be a string or a list of integers")
+        if counts and max(map(abs, counts)) > height * width:
+            raise RLETotalError(f"RLE run out of range for {height}x{width}")
+        runs = np.asarray(counts, np.int64)
+    if runs.size and runs.min() < 0:
+        raise RLETotalError("RLE has a negative run")
+    # a float64 sum cannot wrap around as int64 can, and is exact below 2**53
+    total = float(runs.sum(dtype=np.float64))
+    if total != height * width:
+        raise RLETotalError(f"RLE runs sum to {total:.0f}, not {height}x{width} = "
+                            f"{height * width}")
+    return runs
+
+
 def decode_rle_crop(rle: dict) -> tuple[np.ndarray, int, int] | None:
     """Decode only the tight box of a COCO RLE mask: ``(crop (h, w) uint8 {0,1}, x0, y0)``.
 
@@ -56,8 +95,7 @@ def decode_rle_crop(rle: dict) -> tuple[np.ndarray, int, int] | None:
     whole H x W frame). Returns None for an empty mask. Checked against pycocotools in tests.
     """
     height = int(rle["size"][0])
-    counts = rle["counts"]
-    runs = rle_counts(counts) if isinstance(counts, str | bytes) else np.asarray(counts, np.int64)
+    runs = rle_runs(rle)
     ends = np.cumsum(runs)
     fg_start, fg_end = (ends - runs)[1::2], ends[1::2]
     keep = fg_end > fg_start

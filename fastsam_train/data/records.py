@@ -9,14 +9,23 @@ stability_score and the SA-1B annotation id.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from fastsam_train.data.polygons import MULTIPART_MODES, rle_to_polygon
+from fastsam_train.data.polygons import MULTIPART_MODES, RLETotalError, rle_to_polygon
 from fastsam_train.data.sa1b import RawPair, parse_meta
+from fastsam_train.images import ImageReadError
+from fastsam_train.images import decode_image as decode_untrusted
+
+log = logging.getLogger(__name__)
+# annotation drop reasons that mean broken input (logged per image), not a configured filter
+MALFORMED = ("bad_annotation", "bad_rle", "rle_total_mismatch", "bad_area", "bad_bbox",
+             "bad_score")
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,11 @@ class RecordOptions:
     multipart: str = "merge"
     min_part_area: float = 4.0  # output pixels
     epsilon: float = 0.5  # Douglas-Peucker tolerance, output pixels
+    max_pixels: int = 50_000_000  # larger source images are skipped before decoding
 
     def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
         if self.max_side < 32:
             raise ValueError(f"max_side must be >= 32, got {self.max_side}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -55,14 +67,13 @@ def output_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def decode_image(raw: bytes) -> np.ndarray:
-    """JPEG bytes -> BGR uint8 (H, W, 3); SkipImage('corrupt_image') if truncated/undecodable."""
-    if not raw.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
-        raise SkipImage("corrupt_image", "no JPEG end-of-image marker (truncated?)")
-    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SkipImage("corrupt_image", "OpenCV could not decode the JPEG")
-    return image
+def decode_image(raw: bytes, max_pixels: int, name: str = "image") -> np.ndarray:
+    """JPEG bytes -> BGR uint8 (H, W, 3) via ``fastsam_train.images`` (corrupt data is an
+    error); SkipImage('corrupt_image' / 'too_many_pixels' / 'not_an_image') otherwise."""
+    try:
+        return decode_untrusted(raw, max_pixels, name=name, color="bgr", corrupt="error")
+    except ImageReadError as exc:
+        raise SkipImage(exc.reason, str(exc)) from exc
 
 
 def resize_encode(image: np.ndarray, size: tuple[int, int], quality: int) -> bytes:
@@ -75,15 +86,45 @@ def resize_encode(image: np.ndarray, size: tuple[int, int], quality: int) -> byt
     return buf.tobytes()
 
 
-def annotation_skip(ann: dict, hw: tuple[int, int], opts: RecordOptions) -> str | None:
-    """Reason to drop one annotation before decoding its mask, or None to keep it."""
+def _number(value) -> bool:
+    """A finite JSON number (bool is not one)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def malformed_reason(ann: object) -> str | None:
+    """Why one SA-1B annotation is malformed (a reason of ``MALFORMED``), or None.
+
+    SA-1B's schema: ``segmentation`` {size: [h, w], counts: str}, ``area`` and ``bbox``
+    (4 numbers, xywh) always; ``predicted_iou`` / ``stability_score`` numbers when present.
+    """
+    if not isinstance(ann, dict):
+        return "bad_annotation"
     seg = ann.get("segmentation")
-    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+    if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str | list):
         return "bad_rle"
-    if list(seg["size"]) != list(hw):
+    size = seg.get("size")
+    if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int for v in size):
+        return "bad_rle"
+    if not _number(ann.get("area")):
+        return "bad_area"
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_number, bbox))
+            and min(bbox[2:]) >= 0):
+        return "bad_bbox"
+    if not all(_number(ann[k]) for k in ("predicted_iou", "stability_score") if k in ann):
+        return "bad_score"
+    return None
+
+
+def annotation_skip(ann: object, hw: tuple[int, int], opts: RecordOptions) -> str | None:
+    """Reason to drop one annotation before decoding its mask, or None to keep it."""
+    bad = malformed_reason(ann)
+    if bad is not None:
+        return bad
+    if ann["segmentation"]["size"] != list(hw):
         return "rle_size_mismatch"
-    area = ann.get("area", 0)
-    if not area or area <= 0:
+    area = ann["area"]
+    if area <= 0:
         return "zero_area"
     if area < opts.min_area:
         return "below_min_area"
@@ -101,7 +142,7 @@ def label_line(polygon: np.ndarray, size: tuple[int, int]) -> str:
 
 
 def instance_meta(ann: dict, scale: tuple[float, float]) -> dict:
-    x, y, w, h = ann.get("bbox", [0, 0, 0, 0])
+    x, y, w, h = ann["bbox"]
     sx, sy = scale
     return {"id": ann.get("id"), "bbox": [round(x * sx, 2), round(y * sy, 2), round(w * sx, 2),
                                           round(h * sy, 2)],
@@ -113,9 +154,22 @@ def instance_meta(ann: dict, scale: tuple[float, float]) -> dict:
 def convert_record(pair: RawPair, opts: RecordOptions, drops: Counter) -> dict[str, bytes | str]:
     """Convert one image; per-annotation drops are counted into ``drops`` by reason.
 
-    Raises SkipImage (missing_image, missing_json, bad_json, corrupt_image,
-    image_size_mismatch, no_annotations, no_valid_annotations) when the image is unusable.
+    Raises SkipImage (missing_image, missing_json, bad_json, corrupt_image, too_many_pixels,
+    not_an_image, image_size_mismatch, no_annotations, no_valid_annotations) when the image is
+    unusable. Anything else that goes wrong on one image's data is a SkipImage too
+    (``conversion_error``, logged with its traceback), so one odd image never ends a run.
     """
+    try:
+        return _convert_record(pair, opts, drops)
+    except SkipImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a backstop: count and log, never end the run
+        log.exception("%s: unexpected error converting the image", pair.stem)
+        raise SkipImage("conversion_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _convert_record(pair: RawPair, opts: RecordOptions, drops: Counter
+                    ) -> dict[str, bytes | str]:
     if pair.image is None:
         raise SkipImage("missing_image", "json without its jpg")
     if pair.meta is None:
@@ -124,7 +178,7 @@ def convert_record(pair: RawPair, opts: RecordOptions, drops: Counter) -> dict[s
         meta = parse_meta(pair.meta)
     except ValueError as exc:
         raise SkipImage("bad_json", str(exc)) from exc
-    image = decode_image(pair.image)
+    image = decode_image(pair.image, opts.max_pixels, pair.stem)
     hw = image.shape[:2]
     if (meta["image"]["height"], meta["image"]["width"]) != hw:
         raise SkipImage("image_size_mismatch", f"json says {meta['image']['height']}x"
@@ -133,7 +187,7 @@ def convert_record(pair: RawPair, opts: RecordOptions, drops: Counter) -> dict[s
         raise SkipImage("no_annotations")
     size = output_size(*hw, opts.max_side)
     scale = (size[1] / hw[1], size[0] / hw[0])
-    lines, instances = [], []
+    lines, instances, malformed = [], [], Counter()
     for ann in meta["annotations"]:
         reason = annotation_skip(ann, hw, opts)
         polygon = None
@@ -141,15 +195,21 @@ def convert_record(pair: RawPair, opts: RecordOptions, drops: Counter) -> dict[s
             try:
                 polygon = rle_to_polygon(ann["segmentation"], size, opts.multipart,
                                          opts.min_part_area, opts.epsilon)
-            except (ValueError, TypeError, IndexError):  # undecodable counts string
+            except RLETotalError:
+                reason = "rle_total_mismatch"
+            except (ValueError, TypeError, IndexError, OverflowError):  # undecodable counts
                 reason = "bad_rle"
             else:
                 reason = None if polygon is not None else "empty_polygon"
         if reason is not None:
             drops[reason] += 1
+            if reason in MALFORMED:
+                malformed[reason] += 1
             continue
         lines.append(label_line(polygon, size))
         instances.append(instance_meta(ann, scale))
+    if malformed:
+        log.warning("%s: dropped malformed annotations %s", pair.stem, dict(malformed))
     if not lines:
         raise SkipImage("no_valid_annotations", f"all {len(meta['annotations'])} dropped")
     info = {"image_id": meta["image"]["image_id"], "file_name": meta["image"].get("file_name"),

@@ -2,8 +2,12 @@
 ``sa_<id>.json`` pairs, or already-extracted folders of the same pairs.
 
 Tars are streamed member by member (``tarfile`` in ``r|*`` mode); nothing is ever extracted to
-disk, so a hostile member path cannot escape anywhere. Members are paired by file stem; a
-stem seen twice, a jpg without json or a json without jpg is reported as a skip, never raised.
+disk, so a hostile member path cannot escape anywhere. Members are paired by their path without
+the extension, so only a jpg and a json in the same folder of the same source pair up. A jpg
+without json or a json without jpg is reported as a skip, never raised; so are a file name that
+is not a valid sample key (``valid_key``: webdataset splits a key from its extension at the
+first dot, so ``sa_1.v2.jpg`` could never be read back), a key seen twice in one source (it
+would be written twice into one shard), and a member over ``MAX_MEMBER_BYTES``.
 
 The unit of work is a *source*: one tar, or one chunk of an extracted folder. Sources are the
 unit of parallelism, resumption and SLURM array splitting.
@@ -13,14 +17,26 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXT, JSON_EXT = ".jpg", ".json"
+# Keys written into shards: ASCII letters, digits, '_' and '-' (SA-1B's are ``sa_<digits>``);
+# no dot (webdataset's key/extension split), and short enough for a USTAR member name.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# SA-1B images and jsons are a few MB each; a member this large is refused, never read whole.
+MAX_MEMBER_BYTES = 256 << 20
+
+
+def valid_key(stem: str) -> bool:
+    """True if ``stem`` can be a webdataset key that the training reader reads back as is."""
+    return KEY_PATTERN.fullmatch(stem) is not None
 
 
 @dataclass(frozen=True)
@@ -85,20 +101,41 @@ def iter_pairs(source: Source, errors: list[tuple[str, str]]) -> Iterator[RawPai
     ``(reason, detail)``; the pairs read up to that point are still yielded.
     """
     if source.stems:
-        yield from _iter_folder(source)
+        yield from _iter_folder(source, errors)
     else:
         yield from _iter_tar(source.path, errors)
 
 
-def _iter_folder(source: Source) -> Iterator[RawPair]:
+def _skip(errors: list[tuple[str, str]], reason: str, detail: str) -> None:
+    errors.append((reason, detail))
+    log.warning("skipping %s: %s", reason, detail)
+
+
+def _iter_folder(source: Source, errors: list[tuple[str, str]]) -> Iterator[RawPair]:
     for stem in source.stems:
-        img, meta = source.path / f"{stem}{IMAGE_EXT}", source.path / f"{stem}{JSON_EXT}"
-        yield RawPair(stem, img.read_bytes() if img.exists() else None,
-                      meta.read_bytes() if meta.exists() else None)
+        if not valid_key(stem):
+            _skip(errors, "bad_key", f"{source.path}: file stem {ascii(stem)}")
+            continue
+        files = [source.path / f"{stem}{ext}" for ext in (IMAGE_EXT, JSON_EXT)]
+        try:
+            image, meta = (_read_file(f) for f in files)
+        except (OSError, ValueError) as exc:
+            _skip(errors, "unreadable", f"{source.path}: {stem}: {exc}")
+            continue
+        yield RawPair(stem, image, meta)
+
+
+def _read_file(path: Path) -> bytes | None:
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_MEMBER_BYTES:
+        raise ValueError(f"{path.name} is over {MAX_MEMBER_BYTES >> 20} MB")
+    return path.read_bytes()
 
 
 def _iter_tar(path: Path, errors: list[tuple[str, str]]) -> Iterator[RawPair]:
     pending: dict[str, RawPair] = {}
+    emitted: set[str] = set()
     try:
         stream = tarfile.open(path, mode="r|*")
     except (tarfile.TarError, OSError) as exc:
@@ -106,9 +143,15 @@ def _iter_tar(path: Path, errors: list[tuple[str, str]]) -> Iterator[RawPair]:
     with stream:
         try:
             for member in stream:
-                pair = _take_member(stream, member, pending)
-                if pair is not None:
-                    yield pair
+                pair = _take_member(stream, member, pending, errors)
+                if pair is None:
+                    continue
+                if pair.stem in emitted:
+                    _skip(errors, "duplicate_key", f"{path}: a second {pair.stem!r} (member "
+                          f"{ascii(member.name)}); the first one is kept")
+                    continue
+                emitted.add(pair.stem)
+                yield pair
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             errors.append(("truncated_tar", f"{path}: {exc}"))
             log.warning("tar %s ends early (%s); keeping what was read", path, exc)
@@ -116,23 +159,37 @@ def _iter_tar(path: Path, errors: list[tuple[str, str]]) -> Iterator[RawPair]:
 
 
 def _take_member(stream: tarfile.TarFile, member: tarfile.TarInfo,
-                 pending: dict[str, RawPair]) -> RawPair | None:
-    """Read one member into ``pending``; return the pair once both halves are present."""
+                 pending: dict[str, RawPair], errors: list[tuple[str, str]]) -> RawPair | None:
+    """Read one member into ``pending``; return the pair once both halves are present.
+
+    Halves pair by their normalised path without extension (same folder, same stem); the
+    path is only a dictionary key: we never write members anywhere.
+    """
     if not member.isfile():
         return None
-    name = PurePosixPath(member.name).name  # never a path: we do not write members anywhere
-    stem, suffix = name.rsplit(".", 1) if "." in name else (name, "")
-    if f".{suffix}" not in (IMAGE_EXT, JSON_EXT):
+    path = posixpath.normpath(member.name.lstrip("/"))
+    where, ext = posixpath.splitext(path)
+    if ext not in (IMAGE_EXT, JSON_EXT):
+        return None
+    stem = posixpath.basename(where)
+    if not valid_key(stem):
+        _skip(errors, "bad_key", f"member {ascii(member.name)}")
+        return None
+    if member.size > MAX_MEMBER_BYTES:
+        _skip(errors, "member_too_large", f"member {ascii(member.name)}: {member.size} bytes")
+        return None
+    pair = pending.setdefault(where, RawPair(stem))
+    if (pair.image if ext == IMAGE_EXT else pair.meta) is not None:
+        _skip(errors, "duplicate_key", f"member {ascii(member.name)} appears twice")
         return None
     handle = stream.extractfile(member)
     data = handle.read() if handle is not None else b""
-    pair = pending.setdefault(stem, RawPair(stem))
-    if f".{suffix}" == IMAGE_EXT:
+    if ext == IMAGE_EXT:
         pair.image = data
     else:
         pair.meta = data
     if pair.image is not None and pair.meta is not None:
-        return pending.pop(stem)
+        return pending.pop(where)
     return None
 
 
@@ -148,6 +205,14 @@ def parse_meta(raw: bytes) -> dict:
     for key in ("image_id", "width", "height"):
         if key not in image:
             raise ValueError(f"json 'image' lacks '{key}'")
+    for key in ("width", "height"):
+        if type(image[key]) is not int or image[key] < 1:
+            raise ValueError(f"json 'image.{key}' is not a positive integer: {image[key]!r:.40}")
+    if type(image["image_id"]) not in (int, str):
+        raise ValueError(f"json 'image.image_id' is not an integer or string: "
+                         f"{image['image_id']!r:.40}")
+    if not isinstance(image.get("file_name", ""), str):
+        raise ValueError("json 'image.file_name' is not a string")
     if not isinstance(meta.get("annotations"), list):
         raise ValueError("json has no 'annotations' list")
     return meta
