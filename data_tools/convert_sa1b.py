@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
 from fastsam_train.data.manifest import finalize
 from fastsam_train.data.records import RecordOptions
+from fastsam_train.entry import one_line_errors
 
 log = logging.getLogger("convert_sa1b")
 STAGES = ("all", "convert", "finalize")
@@ -47,7 +48,8 @@ def convert(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="convert")
 def main(cfg: DictConfig) -> None:
-    convert(cfg)
+    with one_line_errors("convert"):
+        convert(cfg)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,21 @@ multi-rank version would gather inside ``evaluate()``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from eval.datasets import EvalDataset
+from fastsam_train.images import read_image
 
+log = logging.getLogger(__name__)
+MAX_PIXELS = 50_000_000  # conf/eval.yaml max_pixels; COCO / LVIS images are ~0.3 MP
 RLE_CHUNK = 64  # masks encoded at once: bounds the dense uint8 copy to 64 x H x W bytes
 AREA_CHUNK = 255  # pycocotools' mask.area() fails on more RLEs at once with NumPy 2
 
@@ -142,29 +145,31 @@ def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Pre
     return Prediction(iid, h, w, rles, areas, mask_boxes, boxes[order], scores[order])
 
 
-def read_rgb(path, image: dict) -> np.ndarray:
+def read_rgb(path, image: dict, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """RGB uint8 (H, W, 3) of an image file, checked against its record's size (EXIF
-    orientation is ignored: annotations are in stored pixel order)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image id {image['id']}: {path}")
-    if bgr.shape[:2] != (image["height"], image["width"]):
-        raise ValueError(f"image id {image['id']} ({path}) is {bgr.shape[:2]} but "
+    orientation is ignored: annotations are in stored pixel order). Read by
+    ``fastsam_train.images``: over ``max_pixels`` is refused before decoding, corrupt data is
+    logged."""
+    rgb = read_image(path, max_pixels, color="rgb", corrupt="warn", orientation=False)
+    if rgb.shape[:2] != (image["height"], image["width"]):
+        raise ValueError(f"image id {image['id']} ({path}) is {rgb.shape[:2]} but "
                          f"{(image['height'], image['width'])} in the annotations")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    return rgb
 
 
 def inference_stream(dataset: EvalDataset, predictor: Predictor, images: list[dict],
                      batch_size: int = 1, max_dets: int | None = 1000,
-                     timing: dict | None = None) -> Iterator[tuple[dict, Prediction]]:
+                     timing: dict | None = None, max_pixels: int = MAX_PIXELS
+                     ) -> Iterator[tuple[dict, Prediction]]:
     """Run ``predictor`` over ``images`` (all files checked first); yields (record, Prediction).
-    ``timing`` (if given) accumulates seconds in ``read`` / ``predict`` / ``convert``."""
+    ``timing`` (if given) accumulates seconds in ``read`` / ``predict`` / ``convert``;
+    ``max_pixels``: larger image files are refused before decoding (conf: ``max_pixels``)."""
     dataset.check_images(images)
     timing = timing if timing is not None else {}
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         t0 = time.perf_counter()
-        arrays = [read_rgb(dataset.image_path(im), im) for im in batch]
+        arrays = [read_rgb(dataset.image_path(im), im, max_pixels) for im in batch]
         t1 = time.perf_counter()
         outputs = predictor.predict(arrays)
         t2 = time.perf_counter()
@@ -175,6 +180,28 @@ def inference_stream(dataset: EvalDataset, predictor: Predictor, images: list[di
         for key, dt in (("read", t1 - t0), ("predict", t2 - t1), ("convert", t3 - t2)):
             timing[key] = timing.get(key, 0.0) + dt
         yield from zip(batch, preds, strict=True)
+
+
+def require_coverage(stream: Iterable[tuple[dict, Prediction]], dataset: EvalDataset,
+                     wanted: set[int], allow_subset: bool, source: str
+                     ) -> Iterator[tuple[dict, Prediction]]:
+    """Pass ``stream`` through; when it ends, check it covered every image of ``wanted``.
+
+    Saved predictions for only some of the images would otherwise be scored on those alone,
+    silently. Raises ValueError naming ``source`` with the counts, unless ``allow_subset``
+    (then a warning); raises too if none of the covered images has an annotation."""
+    seen: set[int] = set()
+    for image, pred in stream:
+        seen.add(image["id"])
+        yield image, pred
+    missing = sorted(wanted - seen)
+    if missing:
+        what = (f"{source} has predictions for {len(seen)} of the {len(wanted)} images "
+                f"evaluated (missing ids: {missing[:5]}{', ...' if len(missing) > 5 else ''})")
+        if not allow_subset:
+            raise ValueError(f"{what}; pass allow_subset=true to score only those images")
+        log.warning("%s; scoring only those (allow_subset=true)", what)
+    dataset.check_annotated([{"id": i} for i in seen])
 
 
 def evaluate_stream(stream: Iterable[tuple[dict, Prediction]], evaluators: Sequence[Evaluator],

@@ -19,6 +19,7 @@ LVIS annotations carry no ``iscrowd``; it is set to 0 here, so every consumer se
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,17 @@ class EvalDataset:
                 f"{self.image_root}; set paths.data_dir / {ROOT_ENV} or task.image_root.")
 
 
+    def check_annotated(self, images: list[dict]) -> None:
+        """Raise ValueError unless some of ``images`` has an annotation: recall (or AP) over
+        no objects is nan, which must not pass as a result."""
+        if not images:
+            raise ValueError(f"{self.name} ({self.annotation}): no images to evaluate")
+        ids = {im["id"] for im in images}
+        if not any(a["image_id"] in ids for a in self.gt["annotations"]):
+            raise ValueError(f"{self.name} ({self.annotation}): none of the {len(ids)} images "
+                             "evaluated has an annotation, so recall would be nan")
+
+
 def by_file_name(root: Path, image: dict) -> Path:
     return root / image["file_name"]
 
@@ -85,17 +97,113 @@ def data_root(root: str | Path | None = None) -> Path:
 
 
 def load_gt(annotation: str | Path) -> dict:
-    """Read a COCO/LVIS json; LVIS annotations get ``iscrowd`` 0 (they have none)."""
+    """Read and check a COCO/LVIS json; LVIS annotations get ``iscrowd`` 0 (they have none).
+
+    Raises FileNotFoundError, or ValueError naming the file and the first bad record: not
+    JSON, no images or no annotations (recall would be nan), or a record that pycocotools /
+    lvis could not use (``check_gt``)."""
     path = Path(annotation)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    gt = json.loads(path.read_text())
+    try:
+        gt = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not a valid JSON file ({exc})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc})") from exc
+    if not isinstance(gt, dict):
+        raise ValueError(f"{path}: not a COCO-format annotation file (not a JSON object)")
     for key in ("images", "annotations", "categories"):
-        if key not in gt:
-            raise ValueError(f"{path}: not a COCO-format annotation file (no {key!r})")
+        if not isinstance(gt.get(key), list):
+            raise ValueError(f"{path}: not a COCO-format annotation file (no {key!r} list)")
+    problem = check_gt(gt)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     for ann in gt["annotations"]:
         ann.setdefault("iscrowd", 0)
     return gt
+
+
+def _int(value) -> bool:
+    return type(value) is int
+
+
+def _numbers(values, count: int | None = None) -> bool:
+    """A list of finite JSON numbers (of ``count`` items when given)."""
+    if not isinstance(values, list) or (count is not None and len(values) != count):
+        return False
+    try:  # fsum (C) rejects anything that is not a number; a NaN or inf makes the sum one
+        return math.isfinite(math.fsum(values))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _bad_segmentation(seg, image: dict) -> str | None:
+    if isinstance(seg, list):
+        if all(_numbers(poly) and len(poly) % 2 == 0 for poly in seg):
+            return None
+        return "segmentation polygons must be lists of x, y numbers"
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if size != [image["height"], image["width"]]:
+            return f"RLE size {size!r:.40} is not the image's [height, width]"
+        if isinstance(counts, str) or (isinstance(counts, list) and all(map(_int, counts))):
+            return None
+        return "RLE counts must be a string or a list of integers"
+    return "segmentation must be polygons or an RLE"
+
+
+def check_gt(gt: dict) -> str | None:
+    """The first problem of a COCO-format dict (lists ``images``, ``annotations``,
+    ``categories``) that pycocotools / lvis would trip over or that makes recall meaningless,
+    or None. Checked: images with unique integer ids and positive integer height / width;
+    categories with unique integer ids; annotations with an image and category that exist, a
+    box of 4 finite numbers with w, h >= 0, a finite area >= 0, iscrowd 0/1 and a
+    segmentation (polygons or an RLE of the image's size) when present; at least one image and
+    one annotation."""
+    images, categories = {}, set()
+    for i, im in enumerate(gt["images"]):
+        if not (isinstance(im, dict) and _int(im.get("id")) and _int(im.get("height"))
+                and _int(im.get("width")) and im["height"] > 0 and im["width"] > 0):
+            return f"images[{i}] needs integer id, height > 0 and width > 0: {im!r:.120}"
+        if im["id"] in images:
+            return f"image id {im['id']} appears twice"
+        images[im["id"]] = im
+    for i, cat in enumerate(gt["categories"]):
+        if not (isinstance(cat, dict) and _int(cat.get("id"))):
+            return f"categories[{i}] has no integer id: {cat!r:.120}"
+        categories.add(cat["id"])
+    if len(categories) != len(gt["categories"]):
+        return "category ids are not unique"
+    if not images:
+        return "no images"
+    if not gt["annotations"]:
+        return "no annotations: recall over no objects would be nan"
+    for i, ann in enumerate(gt["annotations"]):
+        problem = _bad_annotation(ann, images, categories)
+        if problem:
+            return f"annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'}): " \
+                   f"{problem}"
+    return None
+
+
+def _bad_annotation(ann, images: dict, categories: set) -> str | None:
+    if not isinstance(ann, dict):
+        return "not an object"
+    if ann.get("image_id") not in images or not _int(ann.get("image_id")):
+        return f"image_id {ann.get('image_id')!r:.40} is not an image of the file"
+    if ann.get("category_id") not in categories or not _int(ann.get("category_id")):
+        return f"category_id {ann.get('category_id')!r:.40} is not a category of the file"
+    if not _numbers(ann.get("bbox"), 4) or min(ann["bbox"][2:]) < 0:
+        return f"bbox must be 4 finite numbers x, y, w, h with w, h >= 0: " \
+               f"{ann.get('bbox')!r:.80}"
+    if not _numbers([ann.get("area")]) or ann["area"] < 0:
+        return f"area must be a finite number >= 0: {ann.get('area')!r:.40}"
+    if ann.get("iscrowd", 0) not in (0, 1) or type(ann.get("iscrowd", 0)) is not int:
+        return f"iscrowd must be 0 or 1: {ann.get('iscrowd')!r:.40}"
+    if "segmentation" in ann:
+        return _bad_segmentation(ann["segmentation"], images[ann["image_id"]])
+    return None
 
 
 def _kind(gt: dict) -> str:

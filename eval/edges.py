@@ -37,7 +37,9 @@ from eval.bsds import (
     write_results,
 )
 from eval.bsds.masks import edges_from_masks
+from eval.core import MAX_PIXELS
 from eval.datasets import data_root
+from fastsam_train.images import read_image
 
 # FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50.
 PAPER = {
@@ -100,19 +102,18 @@ def bsds_records(image_dir: str | Path, gt_dir: str | Path,
     return records[:max_images] if max_images else records
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"not a readable image: {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
+def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) via ``fastsam_train.images`` (a pixel limit before decoding)."""
+    return read_image(path, max_pixels, color="rgb", corrupt="warn")
 
 
-def edge_stream(records: Sequence[dict], predictor, batch_size: int = 1
-                ) -> Iterator[tuple[dict, np.ndarray]]:
-    """(record, edge map float (H, W) in [0, 1]) for every record, ``batch_size`` at a time."""
+def edge_stream(records: Sequence[dict], predictor, batch_size: int = 1,
+                max_pixels: int = MAX_PIXELS) -> Iterator[tuple[dict, np.ndarray]]:
+    """(record, edge map float (H, W) in [0, 1]) for every record, ``batch_size`` at a time;
+    image files over ``max_pixels`` are refused before decoding."""
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
-        arrays = [read_rgb(r["image"]) for r in batch]
+        arrays = [read_rgb(r["image"], max_pixels) for r in batch]
         outputs = predictor.predict(arrays)
         for record, image, out in zip(batch, arrays, outputs, strict=True):
             edges = np.asarray(out["edges"], dtype=np.float64)

@@ -21,6 +21,8 @@ import logging  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from fastsam_train.entry import one_line_errors  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
@@ -106,7 +108,7 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
         evaluator = BoundaryEvaluator(task.nthresh, task.max_dist, task.exact, task.workers,
                                       cfg.progress)
         edges_dir = out / "edges" / method
-        evaluate_stream(edge_stream(records, predictor, cfg.batch_size),
+        evaluate_stream(edge_stream(records, predictor, cfg.batch_size, cfg.max_pixels),
                         [evaluator, EdgeMapWriter(edges_dir)], len(records), cfg.progress,
                         desc=f"{task.name}:{method}")
         results[method], counts[method] = evaluator.scores, evaluator.counts
@@ -131,7 +133,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Build the dataset, evaluator and predictions stream; evaluate; write the report."""
     if cfg.task.kind == "edges":
         return run_edges(cfg)
-    from eval.core import evaluate_stream, inference_stream
+    from eval.core import evaluate_stream, inference_stream, require_coverage
     from eval.datasets import get_dataset
     from eval.report import PredictionWriter, log_metrics, read_predictions, write_report
 
@@ -141,16 +143,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     images = dataset.images(cfg.max_images)
     evaluator = build_evaluator(task, dataset.gt, cfg.engine)
     sinks, timing = [evaluator], {}
+    dataset.check_annotated(images)  # recall over no objects would be nan
     if cfg.predictions:
         every = {im["id"]: im for im in dataset.gt["images"]}
-        stream = read_predictions(cfg.predictions, every, cfg.model.max_det,
-                                  only={im["id"] for im in images})
+        wanted = {im["id"] for im in images}
+        stream = require_coverage(
+            read_predictions(cfg.predictions, every, cfg.model.max_det, only=wanted),
+            dataset, wanted, cfg.allow_subset, str(cfg.predictions))
         source = str(cfg.predictions)
     else:
         dataset.check_images(images)  # fail on a missing file before loading the model
         predictor = build_predictor(cfg.model)
         stream = inference_stream(dataset, predictor, images, cfg.batch_size, cfg.model.max_det,
-                                  timing)
+                                  timing, cfg.max_pixels)
         source = str(cfg.model.weights)
         if cfg.save_predictions:
             sinks.append(PredictionWriter(out / "predictions.jsonl.gz"))
@@ -167,7 +172,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg).get(cfg.task.headline)
+    with one_line_errors("eval"):
+        return run(cfg).get(cfg.task.headline)
 
 
 if __name__ == "__main__":

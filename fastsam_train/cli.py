@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=d.iou, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=d.max_det, help="masks kept per image")
     p.add_argument("--batch", type=int, default=1, help="images per network batch")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="refuse larger images (before decoding them)")
     p.add_argument("--points", nargs="+", type=_numbers(2, "a point"), metavar="X,Y")
     p.add_argument("--labels", nargs="+", type=int, metavar="L",
                    help="one per point: 1 foreground, 0 background (default all 1)")
@@ -126,11 +128,11 @@ def _predictor(args) -> Predictor:
 def _check_prompts(args, hw: tuple[int, int]) -> None:
     if args.points:
         labels = args.labels if args.labels is not None else [1] * len(args.points)
-        check_points(torch.tensor(args.points), torch.tensor(labels), hw)
+        check_points(torch.tensor(args.points, dtype=torch.float64), torch.tensor(labels), hw)
     elif args.labels:
         raise PromptError("--labels given without --points")
     if args.boxes:
-        check_boxes(torch.tensor(args.boxes), hw)
+        check_boxes(torch.tensor(args.boxes, dtype=torch.float64), hw)
     if args.text is not None:
         check_texts(args.text)
 
@@ -159,9 +161,17 @@ def _apply_prompts(predictor: Predictor, seg: Segmentation, image: np.ndarray, a
     return merged, [tag for _, tags in parts for tag in tags]
 
 
+def _drawable(boxes: list | None, hw: tuple[int, int]) -> np.ndarray | None:
+    """Boxes clipped to one pixel around the image, so drawing never sees a huge coordinate."""
+    if not boxes:
+        return None
+    h, w = hw
+    return np.clip(np.asarray(boxes, np.float64), -1, [w + 1, h + 1, w + 1, h + 1])
+
+
 def predict(args) -> list[Path]:
     """Run ``fastsam predict``; returns the files written."""
-    images = [(Path(name), read_image(name)) for name in args.images]
+    images = [(Path(name), read_image(name, args.max_pixels)) for name in args.images]
     for name, image in images:
         try:
             _check_prompts(args, image.shape[:2])
@@ -178,7 +188,7 @@ def predict(args) -> list[Path]:
                 written.append(save_json(result, out / f"{name.stem}.json", str(name), tags))
             if not args.no_overlay:
                 drawn = overlay(image, result.masks, points=args.points, labels=args.labels,
-                                boxes=args.boxes)
+                                boxes=_drawable(args.boxes, image.shape[:2]))
                 written.append(save_png(drawn, out / f"{name.stem}.png"))
     return written
 

@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
+from fastsam_train import images
+from fastsam_train.images import ImageReadError
 from fastsam_train.infer import prompts as P
 from fastsam_train.infer.geometry import letterbox_batch
 from fastsam_train.infer.output import decode_rle
@@ -45,30 +46,27 @@ class PredictOptions:
     square: bool = False  # letterbox to imgsz x imgsz (fixed-shape ONNX) or to a stride multiple
     chunk: int = 64  # masks assembled at once: peak memory ~ chunk x image pixels x 5 bytes
     post_workers: int = 0  # threads assembling masks on the CPU (0: torch's thread count)
+    max_pixels: int = 50_000_000  # larger images are refused before decoding (photos: 12-48 MP)
 
     def mask_threads(self) -> int:
         """The threads that assemble masks: ``post_workers``, or torch's thread count if 0."""
         return self.post_workers or torch.get_num_threads()
 
 
-class ImageReadError(ValueError):
-    """An image path that OpenCV cannot decode."""
-
-
-def read_image(image: ImageLike) -> np.ndarray:
+def read_image(image: ImageLike, max_pixels: int = PredictOptions.max_pixels) -> np.ndarray:
     """A path or an array -> RGB uint8 (H, W, 3). Arrays are taken as RGB (gray and RGBA are
-    converted)."""
+    converted). Files go through ``fastsam_train.images`` (EXIF orientation applied, as
+    ``cv2.imread`` does; corrupt data logged); images over ``max_pixels`` are refused
+    (ImageReadError, before decoding for files)."""
     if isinstance(image, str | Path):
-        bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ImageReadError(f"cannot read image {image} (missing, unreadable or not an image)")
-        return bgr[..., ::-1].copy()
+        return images.read_image(image, max_pixels, color="rgb", corrupt="warn")
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
-        raise ImageReadError(f"expected an RGB uint8 (H, W, 3) array, got {array.dtype} "
-                             f"{array.shape}")
+        raise ImageReadError("not_an_image", f"expected an RGB uint8 (H, W, 3) array, got "
+                             f"{array.dtype} {array.shape}")
+    images.check_pixels(*array.shape[:2], max_pixels, "image array")
     return np.ascontiguousarray(array[..., :3])
 
 
@@ -113,7 +111,7 @@ class Predictor:
         in preprocess / forward / postprocess."""
         batch = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
         o, t0 = self.options, time.perf_counter()
-        arrays = [read_image(im) for im in batch]
+        arrays = [read_image(im, o.max_pixels) for im in batch]
         x, boxes = letterbox_batch(arrays, o.imgsz, square=o.square)
         x = x.to(self.device)
         x = x.half() / 255 if self.half else x.float() / 255
@@ -162,8 +160,9 @@ class Predictor:
     def boxes(self, seg: Segmentation, boxes) -> Segmentation:
         """For each prompt box (b, 4) xyxy, the mask with the highest IoU with the filled box
         (b masks, in prompt order; two boxes may pick the same mask)."""
-        bx = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)).float()
+        bx = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
         P.check_boxes(bx, seg.image_hw)
+        bx = bx.float()
         masks = self._dense(seg)
         if len(masks) == 0:
             return seg.subset(torch.zeros(0, dtype=torch.long))
@@ -179,7 +178,7 @@ class Predictor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         P.check_texts(texts)
         masks = self._dense(seg)
-        rgb = torch.from_numpy(read_image(image)).permute(2, 0, 1)
+        rgb = torch.from_numpy(read_image(image, self.options.max_pixels)).permute(2, 0, 1)
         if rgb.shape[1:] != masks.shape[1:]:
             raise P.PromptError(f"image {tuple(rgb.shape[1:])} does not match the masks "
                                 f"{tuple(masks.shape[1:])}")

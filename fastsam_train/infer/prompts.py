@@ -17,11 +17,13 @@ class PromptError(ValueError):
 
 # --- checks -------------------------------------------------------------------------------------
 def check_points(points: torch.Tensor, labels: torch.Tensor, hw: tuple[int, int]) -> None:
-    """Raise ``PromptError`` unless points (p, 2) lie in the image and labels (p,) are 0/1."""
+    """Raise ``PromptError`` unless points (p, 2) are finite, lie in the image, and labels (p,)
+    are 0/1."""
     h, w = hw
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise PromptError(f"points must be a non-empty list of x,y pairs, got shape "
                           f"{tuple(points.shape)}")
+    _check_finite(points, "point")
     if labels.shape != (len(points),):
         raise PromptError(f"{len(points)} points but {labels.numel()} labels")
     if not bool(((labels == 0) | (labels == 1)).all()):
@@ -40,11 +42,20 @@ def check_boxes(boxes: torch.Tensor, hw: tuple[int, int]) -> None:
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
         raise PromptError(f"boxes must be a non-empty list of x1,y1,x2,y2, got shape "
                           f"{tuple(boxes.shape)}")
+    _check_finite(boxes, "box")
     for x1, y1, x2, y2 in boxes.tolist():
         if x2 <= x1 or y2 <= y1:
             raise PromptError(f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) needs x1 < x2 and y1 < y2")
         if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
             raise PromptError(f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is outside the {w}x{h} image")
+
+
+def _check_finite(values: torch.Tensor, what: str) -> None:
+    # every comparison with NaN is False, so without this a NaN prompt passes every range check
+    bad = ~torch.isfinite(values.double()).all(1)
+    if bool(bad.any()):
+        row = ", ".join(f"{v:g}" for v in values[bad][0].tolist())
+        raise PromptError(f"{what} ({row}) has a coordinate that is not a finite number")
 
 
 def check_texts(texts: list[str]) -> None:
@@ -126,7 +137,9 @@ def box_mask_iou(masks: torch.Tensor, boxes: torch.Tensor,
     (b, n). Box edges are rounded to whole pixels and clipped to the image."""
     h, w = masks.shape[1:]
     area = (mask_areas(masks) if areas is None else areas).float()
-    edges = boxes.round().long()
+    # clipped before rounding: a huge coordinate would overflow the integer conversion
+    limit = torch.tensor([w, h, w, h], dtype=boxes.dtype)
+    edges = torch.minimum(boxes.clamp(min=0), limit).round().long()
     out = torch.zeros((len(boxes), len(masks)))
     for i, (x1, y1, x2, y2) in enumerate(edges.tolist()):
         x1, x2, y1, y2 = max(x1, 0), min(x2, w), max(y1, 0), min(y2, h)
