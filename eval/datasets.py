@@ -65,14 +65,14 @@ class EvalDataset:
 
 
     def check_annotated(self, images: list[dict]) -> None:
-        """Raise ValueError unless some of ``images`` has an annotation: recall (or AP) over
-        no objects is nan, which must not pass as a result."""
+        """Raise ValueError unless some of ``images`` has a non-crowd annotation: recall (or AP)
+        over no objects is nan, which must not pass as a result."""
         if not images:
             raise ValueError(f"{self.name} ({self.annotation}): no images to evaluate")
         ids = {im["id"] for im in images}
-        if not any(a["image_id"] in ids for a in self.gt["annotations"]):
+        if not any(a["image_id"] in ids and not a.get("iscrowd") for a in self.gt["annotations"]):
             raise ValueError(f"{self.name} ({self.annotation}): none of the {len(ids)} images "
-                             "evaluated has an annotation, so recall would be nan")
+                             "evaluated has a (non-crowd) annotation, so recall would be nan")
 
 
 def by_file_name(root: Path, image: dict) -> Path:

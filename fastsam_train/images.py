@@ -3,10 +3,11 @@
 Every reader (the SA-1B converter, ``fastsam predict``, the evaluation loops) goes through
 ``decode_image`` / ``read_image``, so every one of them gets the same two guards:
 
-* **A pixel limit checked before decoding.** The header is parsed first (Pillow's
-  ``Image.open`` reads the size without decoding; for JPEG libjpeg-turbo's own header reader
-  gives the size it would allocate) and an image above ``max_pixels`` is refused. A 629-byte
-  JPEG can declare 20000 x 20000 pixels, which would cost 1.2 GB to decode.
+* **A pixel limit checked before decoding.** The header is parsed first (for JPEG
+  libjpeg-turbo's own header reader gives the size it would allocate; for other formats
+  Pillow's ``Image.open`` reads the size without decoding) and an image above ``max_pixels``
+  is refused. A 629-byte JPEG can declare 20000 x 20000 pixels, which would cost 1.2 GB to
+  decode. (Pillow also refuses non-JPEG images over its own limit, about 179 MP.)
 * **Corrupt data is reported, not silently filled in.** OpenCV and Pillow decode a JPEG with
   garbage in its middle (or cut short but ending in an end-of-image marker) and fill what they
   could not read with grey. JPEGs are decoded here by libjpeg-turbo through ``simplejpeg``
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 COLORS = ("rgb", "bgr")
 CORRUPT_MODES = ("error", "warn")
 EXIF_ORIENTATION = 0x0112
+JPEG_MAGIC = b"\xff\xd8\xff"
 BYTES_PER_PIXEL_LIMIT = 8  # a file larger than 8 bytes per allowed pixel is refused unread
 
 
@@ -51,32 +53,41 @@ class ImageReadError(ValueError):
 def image_header(data: bytes, name: str = "image") -> tuple[int, int, str, int]:
     """``(height, width, format, EXIF orientation 1..8)`` from the header only (no decoding).
 
-    Raises ImageReadError('not_an_image') for bytes no image reader recognises."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                fmt = image.format or "?"
-                orientation = _orientation(image)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError("too_many_pixels", f"{name}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes
-        raise ImageReadError("not_an_image", f"{name}: not a readable image "
-                             f"({type(exc).__name__}: {exc})") from exc
-    if fmt == "JPEG":  # the size libjpeg will allocate, which is what the limit is for
+    A JPEG's size is libjpeg-turbo's own reading of its frame header (what decoding would
+    allocate); other formats' come from Pillow. Raises ImageReadError('not_an_image') for bytes
+    no reader recognises, 'corrupt_image' for a broken JPEG header."""
+    if data[:3] == JPEG_MAGIC:
         try:
             height, width = simplejpeg.decode_jpeg_header(data, strict=False)[:2]
         except ValueError as exc:
             raise ImageReadError("corrupt_image", f"{name}: bad JPEG header ({exc})") from exc
+        fmt, orientation = "JPEG", _orientation(data)
+    else:
+        try:
+            with _open(data) as image:
+                (width, height), fmt = image.size, image.format or "?"
+        except Image.DecompressionBombError as exc:  # Pillow's own limit, ~179 MP
+            raise ImageReadError("too_many_pixels", f"{name}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes
+            raise ImageReadError("not_an_image", f"{name}: not a readable image "
+                                 f"({type(exc).__name__}: {exc})") from exc
+        orientation = _orientation(data)
     if width < 1 or height < 1:
         raise ImageReadError("not_an_image", f"{name}: image of size {width}x{height}")
     return height, width, fmt, orientation
 
 
-def _orientation(image: Image.Image) -> int:
+def _open(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def _orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1..8), 1 if absent or unreadable (as OpenCV takes it)."""
     try:
-        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+        with _open(data) as image:
+            value = int(image.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # noqa: BLE001 - a malformed EXIF block is ignored, as OpenCV does
         return 1
     return value if 1 <= value <= 8 else 1
@@ -128,10 +139,8 @@ def _decode_jpeg(data: bytes, name: str, color: str, corrupt: str) -> np.ndarray
 
 def _decode_other(data: bytes, name: str, color: str, corrupt: str) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image.verify()  # PNG: every chunk's CRC; cheap, decodes nothing
+        with _open(data) as image:
+            image.verify()  # PNG: every chunk's CRC; cheap, decodes nothing
     except Exception as exc:  # noqa: BLE001 - any verifier failure on untrusted bytes
         if corrupt == "error":
             raise ImageReadError("corrupt_image", f"{name}: corrupt image data "

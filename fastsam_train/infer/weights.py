@@ -11,6 +11,7 @@ it executes code from the file, so it is refused unless the caller passes ``allo
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def read_weights(path: str | Path, allow_pickle: bool = False) -> Weights:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -52,6 +54,23 @@ def read_weights(path: str | Path, allow_pickle: bool = False) -> Weights:
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a PyTorch checkpoint ({e})") from e
     return _from_dict(obj, path, "")
+
+
+def check_archive(path: Path) -> None:
+    """Raise ValueError if a zip checkpoint (every ``torch.save`` since 1.6) fails a CRC-32.
+
+    ``torch.load`` does not check them, so a flipped bit in a tensor would load silently as a
+    different weight. One read of the file; a legacy (non-zip) file has nothing to check."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted archive
+        raise ValueError(f"{path}: corrupt checkpoint archive ({type(exc).__name__}: "
+                         f"{exc})") from exc
+    if bad is not None:
+        raise ValueError(f"{path}: corrupt checkpoint: {bad} fails its CRC-32 check")
 
 
 def _read_pickled(path: Path, allow_pickle: bool) -> Weights:
