@@ -125,7 +125,8 @@ def load_gt(annotation: str | Path) -> dict:
 
 
 def _int(value) -> bool:
-    return type(value) is int
+    """A JSON integer that fits int64 (pycocotools and lvis keep ids in numpy arrays)."""
+    return type(value) is int and -(1 << 63) <= value < 1 << 63
 
 
 def _numbers(values, count: int | None = None) -> bool:

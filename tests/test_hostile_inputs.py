@@ -8,9 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import subprocess
 import sys
 import tarfile
+import traceback
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -21,8 +24,9 @@ from eval_helpers import box_gt, predictions
 from hydra import compose, initialize_config_dir
 
 import eval.run as eval_run
-from eval.core import read_rgb, to_prediction
+from eval.core import evaluate_stream, read_rgb, to_prediction
 from eval.datasets import load_gt
+from eval.proposals import ProposalEvaluator
 from eval.report import PredictionWriter
 from fastsam_train import images as image_io
 from fastsam_train import ultra
@@ -407,3 +411,191 @@ def test_predictions_for_a_subset_need_allow_subset(tmp_path, caplog):
         eval_run.run(compose_eval("task=coco_ar", f"task.annotation={tmp_path / 'crowd.json'}",
                                   f"task.image_root={tmp_path}", f"predictions={saved}",
                                   f"paths.output_dir={tmp_path / 'c'}"))
+
+
+# --- fuzz: byte flips and truncations of valid files --------------------------------------------
+FLIPS, CUTS = 24, 12  # cases per target (seeded); each target runs in a few seconds
+
+
+def mutations(data: bytes, seed: int, regions: list[tuple[int, int]] = ()):
+    """Seeded (label, bytes, first changed offset, changed offsets): ``FLIPS`` cases of 1-4 bit
+    flips (every other one inside a random region, e.g. a member's data) and ``CUTS``
+    truncations (every offset from the cut on counts as changed)."""
+    rng = random.Random(seed)
+    for case in range(FLIPS):
+        buf, where = bytearray(data), []
+        for _ in range(rng.randint(1, 4)):
+            start, end = rng.choice(regions) if regions and case % 2 else (0, len(data))
+            where.append(rng.randrange(start, end))
+            buf[where[-1]] ^= 1 << rng.randrange(8)
+        yield f"flip{case}", bytes(buf), where
+    for case in range(CUTS):
+        cut = rng.randrange(1, len(data))
+        yield f"cut{case}", data[:cut], list(range(cut, len(data)))
+
+
+def clear_error(exc: BaseException, names: tuple[str, ...] = ()) -> bool:
+    """A deliberate error of ours: a ValueError / FileNotFoundError raised by project code
+    (not from deep inside a library), naming one of ``names`` when given."""
+    origin = traceback.extract_tb(exc.__traceback__)[-1].filename
+    ours = origin.startswith(str(REPO)) and "/tests/" not in origin
+    return (isinstance(exc, ValueError | FileNotFoundError) and ours
+            and (not names or any(n in str(exc) for n in names)))
+
+
+def untouched(where: list[int], spans: list[tuple[int, int]]) -> bool:
+    return not any(start <= i < end for i in where for start, end in spans)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A valid SA-1B tar of 3 images, its conversion and the shard it wrote."""
+    root = tmp_path_factory.mktemp("fuzzref")
+    (root / "in").mkdir()
+    tar = write_tar(root / "in" / "sa_000000.tar",
+                    members_of({f"sa_{i}": pair(i, (48, 64), 3) for i in (1, 2, 3)}))
+    manifest = convert([tar], root / "out")
+    written = check_written(root / "out", manifest)
+    assert len(written) == 3
+    return tar, written, next((root / "out" / "train").glob("*.tar"))
+
+
+def member_spans(path: Path) -> dict[str, list[tuple[int, int]]]:
+    """Byte ranges of each stem's member data (and headers) in a tar."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            spans.setdefault(m.name.split(".")[0], []).append((m.offset, m.offset_data + m.size))
+    return spans
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_sa1b_tar_gives_skips_never_crashes_or_damage(reference, tmp_path):
+    tar, ref, _ = reference
+    data, spans = tar.read_bytes(), member_spans(tar)
+    regions = [span for stem in spans.values() for span in stem]
+    tally = Counter()
+    for label, mutated, where in mutations(data, seed=13, regions=regions):
+        case = tmp_path / label
+        (case / "in").mkdir(parents=True)
+        (case / "in" / "sa_000000.tar").write_bytes(mutated)
+        manifest = convert([case / "in"], case / "out")  # any exception fails the test
+        written = check_written(case / "out", manifest)
+        skipped = {s["id"] for s in manifest["skipped"]}
+        source_error = {"truncated_tar", "not_a_tar"} & set(manifest["skipped_by_reason"])
+        for stem in ref:
+            if untouched(where, spans[stem]) and not source_error:
+                assert stem in written, f"{label}: untouched {stem} lost"
+            if stem in written and untouched(where, spans[stem]):
+                assert written[stem] == ref[stem], f"{label}: untouched {stem} changed"
+            elif stem in written:
+                tally["touched, written" if written[stem] == ref[stem] else "changed"] += 1
+            else:
+                assert stem in skipped or source_error, f"{label}: {stem} vanished uncounted"
+                tally["skipped"] += 1
+    print("sa1b tar fuzz outcomes per image:", dict(tally))
+    assert tally["skipped"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_shard_reader_skips_or_fails_clearly(reference, tmp_path):
+    from fastsam_train.train.datamodule import ShardDataModule
+
+    _, ref, shard = reference
+    data, spans, tally = shard.read_bytes(), member_spans(shard), Counter()
+    for label, mutated, where in mutations(data, seed=17):
+        case = tmp_path / label
+        for split, content in (("train", data), ("val", mutated)):
+            (case / split).mkdir(parents=True)
+            (case / split / shard.name).write_bytes(content)
+            (case / split / "sizes.json").write_text(json.dumps({shard.name: len(ref)}))
+        module = ShardDataModule(str(case), imgsz=64, batch_size=1, num_workers=0)
+        module.setup("fit")
+        count = 0
+        try:
+            for batch in module.val_dataloader():
+                assert batch["img"].shape == (1, 3, 64, 64)
+                assert torch.isfinite(batch["bboxes"]).all()
+                key = Path(batch["im_file"][0]).name
+                tally["changed sample read"] += not untouched(where, spans[key])
+                count += 1
+        except Exception as exc:  # noqa: BLE001 - classified below
+            assert clear_error(exc), f"{label}: {type(exc).__name__}: {exc}"
+            tally["clear error"] += 1
+        assert count <= len(ref)
+        tally[f"{count} of {len(ref)} read"] += 1
+    print("shard fuzz outcomes:", dict(tally))
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_checkpoint_loads_identically_or_fails_clearly(tiny_weights, tmp_path):
+    from fastsam_train.infer.weights import read_weights
+
+    data, ref, tally = tiny_weights.read_bytes(), read_weights(tiny_weights), Counter()
+    for label, mutated, _where in mutations(data, seed=19):
+        path = tmp_path / f"{label}.pt"
+        path.write_bytes(mutated)
+        try:
+            got = read_weights(path)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            assert clear_error(exc, (str(path),)), f"{label}: {type(exc).__name__}: {exc}"
+            tally["clear error"] += 1
+            continue
+        assert got.config == ref.config and got.state_dict.keys() == ref.state_dict.keys()
+        assert all(torch.equal(got.state_dict[k], v) for k, v in ref.state_dict.items()), label
+        tally["identical"] += 1
+    print("checkpoint fuzz outcomes:", dict(tally))
+    assert tally["clear error"] > 0
+
+
+ODD_VALUES = (None, "x", -1, 0, 10**30, 1e308, float("nan"), True, [], {}, [1, 2, 3],
+              {"size": [1, 1], "counts": "x"})
+
+
+def json_mutations(obj, seed: int, count: int = FLIPS):
+    """Seeded structural mutations: one value somewhere in ``obj`` replaced by an odd one
+    (wrong type, out of range, NaN, empty), or one key dropped; as (label, bytes, [])."""
+    rng = random.Random(seed)
+    for case in range(count):
+        node = doc = json.loads(json.dumps(obj))
+        while True:  # walk down from the root; stop at a leaf or by chance
+            key = rng.choice(list(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            child = node[key]
+            if not isinstance(child, dict | list) or not child or rng.random() < 0.2:
+                break
+            node = child
+        if isinstance(node, dict) and rng.random() < 0.3:
+            del node[key]
+        else:
+            node[key] = rng.choice(ODD_VALUES)
+        yield f"json{case}", json.dumps(doc).encode(), []
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_coco_json_is_refused_clearly_or_evaluates(tmp_path):
+    gt, path = small_gt(tmp_path)
+    outputs = predictions(gt, extra=5, seed=3)
+    data, tally = path.read_bytes(), Counter()
+    cases = [*mutations(data, seed=23), *json_mutations(gt, seed=29)]
+    for label, mutated, _where in cases:
+        case = tmp_path / f"{label}.json"
+        case.write_bytes(mutated)
+        try:
+            loaded = load_gt(case)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            assert clear_error(exc, (str(case),)), f"{label}: {type(exc).__name__}: {exc}"
+            tally["refused"] += 1
+            continue
+        try:
+            stream = [(im, to_prediction(im, outputs[im["id"]])) for im in loaded["images"]
+                      if im["id"] in outputs]
+            metrics = evaluate_stream(stream, [ProposalEvaluator(loaded)], progress=False)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            assert clear_error(exc), f"{label}: {type(exc).__name__}: {exc}"
+            tally["scoring refused"] += 1
+            continue
+        ars = [v for k, v in metrics.items() if k.split("/")[-1] in ("ar_10", "ar_100", "ar_1000")]
+        assert ars and all(np.isfinite(ars)), f"{label}: {metrics}"  # size ranges may be empty
+        tally["evaluated"] += 1
+    print("coco json fuzz outcomes:", dict(tally))
+    assert tally["refused"] > 0

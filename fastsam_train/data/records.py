@@ -94,10 +94,14 @@ def _number(value) -> bool:
 def malformed_reason(ann: object) -> str | None:
     """Why one SA-1B annotation is malformed (a reason of ``MALFORMED``), or None.
 
-    SA-1B's schema: ``segmentation`` {size: [h, w], counts: str}, ``area`` and ``bbox``
-    (4 numbers, xywh) always; ``predicted_iou`` / ``stability_score`` numbers when present.
+    SA-1B's schema, all always present: ``id`` (an integer), ``segmentation``
+    {size: [h, w], counts: str}, ``area``, ``bbox`` (4 numbers, xywh), ``predicted_iou`` and
+    ``stability_score`` (numbers).
     """
     if not isinstance(ann, dict):
+        return "bad_annotation"
+    ident = ann.get("id")
+    if not (type(ident) is int or (isinstance(ident, str) and len(ident) <= 64)):
         return "bad_annotation"
     seg = ann.get("segmentation")
     if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str | list):
@@ -111,7 +115,7 @@ def malformed_reason(ann: object) -> str | None:
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_number, bbox))
             and min(bbox[2:]) >= 0):
         return "bad_bbox"
-    if not all(_number(ann[k]) for k in ("predicted_iou", "stability_score") if k in ann):
+    if not all(_number(ann.get(k)) for k in ("predicted_iou", "stability_score")):
         return "bad_score"
     return None
 
@@ -128,9 +132,9 @@ def annotation_skip(ann: object, hw: tuple[int, int], opts: RecordOptions) -> st
         return "zero_area"
     if area < opts.min_area:
         return "below_min_area"
-    if ann.get("predicted_iou", 1.0) < opts.min_predicted_iou:
+    if ann["predicted_iou"] < opts.min_predicted_iou:
         return "below_predicted_iou"
-    if ann.get("stability_score", 1.0) < opts.min_stability_score:
+    if ann["stability_score"] < opts.min_stability_score:
         return "below_stability_score"
     return None
 
@@ -144,11 +148,10 @@ def label_line(polygon: np.ndarray, size: tuple[int, int]) -> str:
 def instance_meta(ann: dict, scale: tuple[float, float]) -> dict:
     x, y, w, h = ann["bbox"]
     sx, sy = scale
-    return {"id": ann.get("id"), "bbox": [round(x * sx, 2), round(y * sy, 2), round(w * sx, 2),
+    return {"id": ann["id"], "bbox": [round(x * sx, 2), round(y * sy, 2), round(w * sx, 2),
                                           round(h * sy, 2)],
             "area": round(float(ann["area"]) * sx * sy, 2),
-            "predicted_iou": ann.get("predicted_iou"),
-            "stability_score": ann.get("stability_score")}
+            "predicted_iou": ann["predicted_iou"], "stability_score": ann["stability_score"]}
 
 
 def convert_record(pair: RawPair, opts: RecordOptions, drops: Counter) -> dict[str, bytes | str]:

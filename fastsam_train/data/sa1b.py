@@ -135,27 +135,56 @@ def _read_file(path: Path) -> bytes | None:
 
 def _iter_tar(path: Path, errors: list[tuple[str, str]]) -> Iterator[RawPair]:
     pending: dict[str, RawPair] = {}
-    emitted: set[str] = set()
     try:
-        stream = tarfile.open(path, mode="r|*")
+        stream = tarfile.open(path, mode="r|*", tarinfo=_StrictTarInfo)
     except (tarfile.TarError, OSError) as exc:
         raise SourceError("not_a_tar", f"{path}: {exc}") from exc
     with stream:
         try:
-            for member in stream:
-                pair = _take_member(stream, member, pending, errors)
-                if pair is None:
-                    continue
-                if pair.stem in emitted:
-                    _skip(errors, "duplicate_key", f"{path}: a second {pair.stem!r} (member "
-                          f"{ascii(member.name)}); the first one is kept")
-                    continue
-                emitted.add(pair.stem)
-                yield pair
+            yield from _complete_pairs(stream, path, pending, errors)
+            _check_end(stream)
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             errors.append(("truncated_tar", f"{path}: {exc}"))
             log.warning("tar %s ends early (%s); keeping what was read", path, exc)
     yield from pending.values()  # members whose partner never came
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile takes a header that fails its checksum or is cut short for the end of the
+    archive and stops without a word, dropping every later member; here it is an error."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:  # a zero block: the end-of-archive marker
+            raise
+        except tarfile.HeaderError as exc:
+            raise tarfile.ReadError(f"bad tar header at byte {tar.offset}: {exc}") from None
+
+
+def _check_end(stream: tarfile.TarFile) -> None:
+    """Only zeros may follow the end-of-archive block: a header zeroed by corruption would
+    otherwise end the archive early, silently."""
+    while chunk := stream.fileobj.read(1 << 16):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError("data after the end-of-archive marker (a zeroed header?)")
+
+
+def _complete_pairs(stream: tarfile.TarFile, path: Path, pending: dict[str, RawPair],
+                    errors: list[tuple[str, str]]) -> Iterator[RawPair]:
+    """Complete pairs in stored order; a key already emitted is a ``duplicate_key`` skip."""
+    emitted: set[str] = set()
+    for member in stream:
+        pair = _take_member(stream, member, pending, errors)
+        if pair is None:
+            continue
+        if pair.stem in emitted:
+            _skip(errors, "duplicate_key", f"{path}: a second {pair.stem!r} (member "
+                  f"{ascii(member.name)}); the first one is kept")
+            continue
+        emitted.add(pair.stem)
+        yield pair
 
 
 def _take_member(stream: tarfile.TarFile, member: tarfile.TarInfo,
