@@ -59,7 +59,7 @@ def make_pairs(count: int, masks: int, seed: int) -> list[RawPair]:
     rng = np.random.default_rng(seed)
     pairs = []
     for i, raw in enumerate(load_images(count, rng)):
-        hw = decode_image(raw).shape[:2]
+        hw = decode_image(raw, RecordOptions().max_pixels).shape[:2]
         shapes = [random_shape(KINDS[j % len(KINDS)], rng, hw, (0.006, 0.35))
                   for j in range(masks)]
         record = sa1b_record(i + 1, hw, [m for m in shapes if m.any()], rng)
@@ -83,13 +83,13 @@ def fidelity(pairs: list[RawPair], opts: RecordOptions) -> np.ndarray:
 
 
 def floor_one(pair: RawPair, opts: RecordOptions) -> None:
-    image = decode_image(pair.image)
+    image = decode_image(pair.image, opts.max_pixels)
     resize_encode(image, output_size(*image.shape[:2], opts.max_side), opts.jpeg_quality)
 
 
 def naive_one(pair: RawPair, opts: RecordOptions) -> None:
     """Per-mask full-image decode + findContours at source resolution, then scale."""
-    image = decode_image(pair.image)
+    image = decode_image(pair.image, opts.max_pixels)
     size = output_size(*image.shape[:2], opts.max_side)
     scale = np.array([size[1] / image.shape[1], size[0] / image.shape[0]])
     for ann in json.loads(pair.meta)["annotations"]:

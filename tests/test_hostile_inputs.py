@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import traceback
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -411,6 +412,35 @@ def test_predictions_for_a_subset_need_allow_subset(tmp_path, caplog):
         eval_run.run(compose_eval("task=coco_ar", f"task.annotation={tmp_path / 'crowd.json'}",
                                   f"task.image_root={tmp_path}", f"predictions={saved}",
                                   f"paths.output_dir={tmp_path / 'c'}"))
+
+
+def test_flipped_bit_in_a_weight_is_refused_where_torch_load_takes_it(tiny_weights, tmp_path):
+    from fastsam_train.infer.weights import read_weights
+
+    data = bytearray(tiny_weights.read_bytes())
+    with zipfile.ZipFile(tiny_weights) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor
+    local = info.header_offset  # the local header: name and extra lengths at bytes 26..29
+    start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little") + \
+        int.from_bytes(data[local + 28:local + 30], "little")
+    data[start + info.file_size // 2] ^= 0x10
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(data))
+    plain = torch.load(bad, map_location="cpu", weights_only=True)  # no error: a silent change
+    good = torch.load(tiny_weights, map_location="cpu", weights_only=True)
+    assert not all(torch.equal(plain["state_dict"][k], v) for k, v in good["state_dict"].items())
+    with pytest.raises(ValueError, match=f"{bad}: corrupt checkpoint: .* CRC-32"):
+        read_weights(bad)
+
+
+def test_convert_entry_point_bad_path_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "data_tools" / "convert_sa1b.py"),
+         f"input=[{tmp_path / 'nope'}]", f"output={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"convert: error: SA-1B input not found: {tmp_path / 'nope'}"]
 
 
 # --- fuzz: byte flips and truncations of valid files --------------------------------------------
