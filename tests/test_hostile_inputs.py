@@ -216,11 +216,19 @@ def test_corrupt_jpeg_is_detected_where_opencv_fills_grey(tmp_path):
             decode_image(data, 10**6, name="x.jpg")
         assert err.value.reason == "corrupt_image"
         assert decode_image(data, 10**6, corrupt="warn").shape == (240, 320, 3)  # predict/eval
+    (tmp_path / "in").mkdir()
+    good = write_tar(tmp_path / "in" / "sa_000000.tar", members_of({"sa_4": pair(4)}))
+    first = convert([tmp_path / "in"], tmp_path / "out")
+    before = digest(tmp_path / "out" / "train")
     members = members_of({"sa_1": (broken, record), "sa_2": (cut_with_end, record),
                           "sa_3": pair(3)})
-    manifest = convert([write_tar(tmp_path / "sa_000000.tar", members)], tmp_path / "out")
+    write_tar(tmp_path / "in" / "sa_000001.tar", members)  # added to an existing output
+    manifest = convert([tmp_path / "in"], tmp_path / "out")
+    assert first["samples"]["train"] == 1 and manifest["complete"]
     assert manifest["skipped_by_reason"] == {"corrupt_image": 2}
-    assert sorted(check_written(tmp_path / "out", manifest)) == ["sa_3"]
+    assert sorted(check_written(tmp_path / "out", manifest)) == ["sa_3", "sa_4"]
+    after = digest(tmp_path / "out" / "train")
+    assert {k: after[k] for k in before} == before and good.exists()  # earlier shards intact
 
 
 # --- 6. pixel limit -----------------------------------------------------------------------------
