@@ -13,11 +13,14 @@ dtypes are accepted when reading: nothing in the file chooses code to run (no pi
 
 A record is written with one ``write`` and flushed, so a killed process leaves at most one
 partial record at the end; opening the log cuts it off (logged). Damage anywhere else, or a
-header written with other settings, raises instead of silently mixing results.
+header written with other settings, raises instead of silently mixing results. While open the
+log holds an exclusive ``flock``: a second evaluation started on the same run folder stops with
+an error instead of interleaving records.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -45,7 +48,7 @@ def pack(arrays: dict[str, np.ndarray]) -> bytes:
     """Serialise ``{name: array}`` (numeric dtypes only) to bytes: a JSON table, then data."""
     table, blobs = [], []
     for key, value in arrays.items():
-        a = np.ascontiguousarray(value)
+        a = np.asarray(value)  # tobytes() writes C order whatever the layout
         if a.dtype.str not in DTYPES:
             raise TypeError(f"{key}: dtype {a.dtype} cannot be stored (numeric dtypes only)")
         table.append([key, a.dtype.str, list(a.shape)])
@@ -108,17 +111,47 @@ class ResultLog:
         self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
         self.image_ids: set[int] = set()
         self._pending = 0
-        if self.path.is_file() and self.path.stat().st_size > 0:
-            self._end = self._scan()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+b")  # created if absent, never truncated here
+        self._lock()
+        if self.path.stat().st_size > 0:
+            try:
+                self._end = self._scan()
+            except Exception:
+                self._file.close()
+                raise
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             header = json.dumps(self.settings, sort_keys=True).encode()
-            with open(self.path, "wb") as f:
-                f.write(MAGIC + FRAME.pack(len(header), zlib.crc32(header)) + header)
+            self._file.write(MAGIC + FRAME.pack(len(header), zlib.crc32(header)) + header)
+            self._file.flush()
             self._end = self.path.stat().st_size
-        self._file = open(self.path, "r+b")
-        self._file.truncate(self._end)
-        self._file.seek(self._end)
+        self._file.truncate(self._end)  # a torn last record goes; appends follow it
+
+    def _lock(self) -> None:
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RuntimeError(f"{self.path} is open in another evaluation: two runs cannot "
+                               "write one run folder (use another hydra.run.dir)") from None
+        except OSError as err:  # a file system without locks: go on, unguarded
+            log.warning("%s: cannot lock (%s); do not start two runs on this folder",
+                        self.path, err)
+
+    @staticmethod
+    def logged_ids(path: str | Path) -> set[int]:
+        """The image ids a log holds (read-only, no settings check: for monitoring)."""
+        path, ids = Path(path), set()
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise CorruptLogError(f"{path} is not a per-image results log")
+            records = _read_records(f, len(MAGIC), path.stat().st_size)
+            next(records, None)
+            for _, _, payload in records:
+                if payload is None:
+                    break
+                ids.add(int(unpack(payload)["image_id"]))
+        return ids
 
     def _scan(self) -> int:
         """Check magic and header, collect image ids; return the end of the last good record."""
