@@ -4,8 +4,8 @@ The everything-mode output of each image is its list of proposals, at most 1000,
 score. Every ground-truth object counts, whatever its category (``useCats=0``); crowd regions
 are handled as COCOeval does (a proposal on a crowd region is neither hit nor miss); LVIS
 annotations have no crowd flag and count as ``iscrowd=0``. The numbers come from the project's
-one recall function (``fastsam_train.metrics.recall.average_recall``); this module only adapts
-the predictions and the ground truth to it.
+one recall module (``fastsam_train.metrics.recall``); this module only adapts the predictions
+and the ground truth to it.
 
 Reported (``box/`` and ``mask/`` prefixes):
 

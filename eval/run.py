@@ -143,15 +143,49 @@ def run_settings(cfg: DictConfig, dataset) -> dict:
             "save_predictions": bool(cfg.save_predictions and not cfg.predictions)}
 
 
+def open_log(cfg: DictConfig, dataset, images: list[dict]):
+    """The run folder's per-image log (None with ``resume=false``) and the ids it holds;
+    refuses a log with images outside ``images`` (their saved predictions would be cut)."""
+    from eval.resume import ResultLog
+
+    if not cfg.resume:
+        return None, set()
+    results_log = ResultLog(Path(cfg.paths.output_dir) / "per_image.bin",
+                            run_settings(cfg, dataset))
+    outside = results_log.image_ids - {im["id"] for im in images}
+    if outside:
+        results_log.close()
+        raise ValueError(f"{results_log.path} holds {len(outside)} images outside this run's "
+                         f"{len(images)} (max_images={cfg.max_images}): resume with the same or "
+                         "a larger selection, or use another run folder")
+    return results_log, set(results_log.image_ids)
+
+
+def prediction_stream(cfg: DictConfig, dataset, todo: list[dict], timing: dict):
+    """(record, Prediction) of the ``todo`` images: saved predictions or the model; the model is
+    not built when nothing is left to predict."""
+    from eval.core import inference_stream
+    from eval.report import read_predictions
+
+    if not todo:
+        return iter(())
+    if cfg.predictions:
+        every = {im["id"]: im for im in dataset.gt["images"]}
+        return read_predictions(cfg.predictions, every, cfg.model.max_det,
+                                only={im["id"] for im in todo})
+    dataset.check_images(todo)  # fail on a missing file before loading the model
+    return inference_stream(dataset, build_predictor(cfg.model), todo, cfg.batch_size,
+                            cfg.model.max_det, timing)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Build the dataset, evaluator and predictions stream; evaluate (resuming the run folder's
     per-image log); write the report."""
     if cfg.task.kind == "edges":
         return run_edges(cfg)
-    from eval.core import evaluate_stream, inference_stream
+    from eval.core import evaluate_stream
     from eval.datasets import get_dataset
-    from eval.report import PredictionWriter, log_metrics, read_predictions, write_report
-    from eval.resume import ResultLog
+    from eval.report import PredictionWriter, log_metrics, write_report
 
     task, out = cfg.task, Path(cfg.paths.output_dir)
     dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root)
@@ -159,33 +193,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     sinks, timing = [build_evaluator(task, dataset.gt)], {}
     if cfg.save_predictions and not cfg.predictions:
         sinks.append(PredictionWriter(out / "predictions.jsonl.gz"))
-    results_log = ResultLog(out / "per_image.bin", run_settings(cfg, dataset)) \
-        if cfg.resume else None
-    done = results_log.image_ids & {im["id"] for im in images} if results_log else set()
-    todo = [im for im in images if im["id"] not in done]
-    if done:
-        log.info("%s: resuming, %d of %d images already evaluated (%s)", task.name, len(done),
-                 len(images), results_log.path)
-    if cfg.predictions:
-        every = {im["id"]: im for im in dataset.gt["images"]}
-        stream = read_predictions(cfg.predictions, every, cfg.model.max_det,
-                                  only={im["id"] for im in todo}) if todo else iter(())
-        source = str(cfg.predictions)
-    else:
-        dataset.check_images(todo)  # fail on a missing file before loading the model
-        stream = inference_stream(dataset, build_predictor(cfg.model), todo, cfg.batch_size,
-                                  cfg.model.max_det, timing) if todo else iter(())
-        source = str(cfg.model.weights)
+    results_log, done = open_log(cfg, dataset, images)
     try:
-        metrics = evaluate_stream(stream, sinks, len(todo), cfg.progress, desc=task.name,
-                                  log=results_log, replay=done)
+        if done:
+            log.info("%s: resuming, %d of %d images already evaluated (%s)", task.name,
+                     len(done), len(images), results_log.path)
+        todo = [im for im in images if im["id"] not in done]
+        metrics = evaluate_stream(prediction_stream(cfg, dataset, todo, timing), sinks,
+                                  len(todo), cfg.progress, desc=task.name, log=results_log,
+                                  replay=done)
     finally:
         if results_log:
             results_log.close()
     info = {"dataset": dataset.name, "annotation": str(dataset.annotation),
-            "dataset_images": len(dataset.gt["images"]), "source": source,
-            "resumed_images": len(done), "timing_s": timing,
-            "config": OmegaConf.to_container(cfg, resolve=True)}
+            "dataset_images": len(dataset.gt["images"]),
+            "source": str(cfg.predictions or cfg.model.weights), "resumed_images": len(done),
+            "timing_s": timing, "config": OmegaConf.to_container(cfg, resolve=True)}
     files = write_report(out, task.name, metrics, getattr(sinks[0], "curves", None), info)
     log_metrics(build_loggers(cfg), task.name, metrics, files)
     log.info("%s: %s = %.4f; report: %s", task.name, task.headline,

@@ -155,6 +155,9 @@ def test_interrupted_run_resumes_to_the_same_metrics(synthetic_task, tmp_path):
     assert rescored == full
     with pytest.raises(ValueError, match="other settings"):
         fake_run(synthetic_task(out, "coco_ar", "model.conf=0.5"))
+    with pytest.raises(ValueError, match="7 images outside this run.s 5"):
+        fake_run(synthetic_task(tmp_path / "full", "coco_ar", "max_images=5"))
+    assert lines(tmp_path / "full" / "predictions.jsonl.gz") == saved  # nothing was cut
 
 
 def test_interrupted_instance_run_resumes(synthetic_task, tmp_path):
