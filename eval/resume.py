@@ -38,6 +38,7 @@ FRAME = struct.Struct("<II")  # payload length, crc32
 DTYPES = {np.dtype(t).str for t in ("bool", "int8", "uint8", "int16", "uint16", "int32",
                                      "uint32", "int64", "uint64", "float32", "float64")}
 MAX_RECORD = 1 << 30
+MAX_TORN = 4 << 20  # a torn write is one record (KBs); more than this after a bad frame: damage
 
 
 class CorruptLogError(ValueError):
@@ -179,9 +180,10 @@ class ResultLog:
 
     @staticmethod
     def _is_tail(f, offset: int, end: int, size: int) -> bool:
-        """A bad record is a torn write if it reaches the end of the file, or if only zeros
-        follow it (a file system that extended the file but never wrote the data)."""
-        if end >= size:
+        """A bad record is a torn write if it reaches the end of the file and is at most one
+        record long, or if only zeros follow it (a file system that extended the file but never
+        wrote the data)."""
+        if end >= size and size - offset <= MAX_TORN:
             return True
         f.seek(offset)
         return not f.read(size - offset).strip(b"\0")

@@ -98,6 +98,11 @@ def test_damage_before_the_end_or_other_settings_are_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError, match="damaged record"):
         ResultLog(path, {"task": "t", "k": [1, 2]})
+    # a length field damaged into "past the end" with megabytes behind it: not a torn write
+    data = written_log(tmp_path / "c").read_bytes() + FRAME.pack(1 << 29, 0) + b"\1" * (5 << 20)
+    (tmp_path / "c" / "log.bin").write_bytes(data)
+    with pytest.raises(CorruptLogError, match="damaged record"):
+        ResultLog(tmp_path / "c" / "log.bin", {"task": "t", "k": [1, 2]})
     path = written_log(tmp_path / "b")
     with pytest.raises(ValueError, match=r"other settings \(differences in: k\)"):
         ResultLog(path, {"task": "t", "k": [1, 3]})
