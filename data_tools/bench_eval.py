@@ -222,6 +222,7 @@ def plain_pycocotools(gt: dict, results: list[dict]) -> dict[str, float]:
     from pycocotools.cocoeval import COCOeval
 
     from eval.proposals import CURVE_KS
+    from fastsam_train.metrics.recall import mean_valid
 
     def recall(dataset, max_dets):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -234,7 +235,7 @@ def plain_pycocotools(gt: dict, results: list[dict]) -> dict[str, float]:
             ev.evaluate()
             ev.accumulate()
         r = ev.eval["recall"][:, 0, 0, :]
-        return [float(r[:, i][r[:, i] > -1].mean()) for i in range(len(max_dets))]
+        return [mean_valid(r[:, i]) for i in range(len(max_dets))]
 
     ar = dict(zip(CURVE_KS, recall(gt, CURVE_KS), strict=True))
     out = {f"mask/ar_{k}": ar[k] for k in KS}
