@@ -277,7 +277,8 @@ def report(rows: list[dict], annotation: str) -> None:
             print(f"stream projected for {name} ({n_img} images, {n_ann} annotations): "
                   f"{projected:.0f} MiB (measured peak + {slope / 1024:.1f} KiB per image) + "
                   f"{gt_mib:.0f} MiB for its annotations ({per_ann:.0f} B each) = "
-                  f"{(projected + gt_mib) / 1024:.2f} GiB (goal for LVIS < 4 GiB); per-image "
+                  f"{(projected + gt_mib) / 1024:.2f} GiB"
+                  f"{' (goal < 4 GiB)' if name.startswith('LVIS') else ''}; per-image "
                   f"log {b['log_bytes'] / b['images'] * n_img / mib:.0f} MiB on disk")
     for method in ("current", "pycocotools"):
         theirs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["images"])
