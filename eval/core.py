@@ -8,6 +8,12 @@ the loop reads each image once, runs the predictor, turns its output into a ``Pr
 (COCO RLE with area and box precomputed) and hands it to every evaluator. Saved predictions
 (``report.read_predictions``) go through the same ``evaluate_stream``. Single process: a
 multi-rank version would gather inside ``evaluate()``.
+
+Streaming and resuming: the COCO / LVIS evaluators are ``ImageEvaluator``s, whose ``process``
+is ``add_result(image_id, image_result(image, prediction))``: the image is scored at once and
+only a small result (a dict of numpy arrays) is kept. Given a ``ResultLog`` (eval/resume.py),
+``evaluate_stream`` appends each image's results to it before adding them, and adds the logged
+results of the images in ``replay`` back instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from eval.datasets import EvalDataset
+from eval.resume import ResultLog
 from fastsam_train.images import read_image
+from fastsam_train.metrics.matching import rle_areas
 
 log = logging.getLogger(__name__)
 MAX_PIXELS = 50_000_000  # conf/eval.yaml max_pixels; COCO / LVIS images are ~0.3 MP
 RLE_CHUNK = 64  # masks encoded at once: bounds the dense uint8 copy to 64 x H x W bytes
-AREA_CHUNK = 255  # pycocotools' mask.area() fails on more RLEs at once with NumPy 2
 
 
 class EmptyPredictionsError(ValueError):
@@ -56,6 +63,16 @@ class Evaluator(Protocol):
     def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None: ...
 
     def evaluate(self) -> dict[str, float]: ...
+
+
+class ImageEvaluator(Evaluator, Protocol):
+    """An evaluator that scores image by image: ``image_result(image, prediction)`` -> a dict
+    of small numeric numpy arrays (what is kept of the image, and what the log stores);
+    ``add_result(image_id, result)`` folds it in (raises on an image added twice)."""
+
+    def image_result(self, image: dict, prediction: Prediction) -> dict[str, np.ndarray]: ...
+
+    def add_result(self, image_id: int, result: dict[str, np.ndarray]) -> None: ...
 
 
 @dataclass
@@ -104,10 +121,7 @@ def rle_stats(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     if not rles:
         return np.zeros(0), np.zeros((0, 4))
     coded = bytes_rles(rles)
-    # pycocotools' area() sizes a uint8 array by the count: > 255 RLEs overflow on NumPy 2
-    areas = np.concatenate([mask_utils.area(coded[i:i + AREA_CHUNK])
-                            for i in range(0, len(coded), AREA_CHUNK)])
-    return areas.astype(np.float64), mask_utils.toBbox(coded)
+    return rle_areas(coded), mask_utils.toBbox(coded)
 
 
 def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Prediction:
@@ -205,14 +219,35 @@ def require_coverage(stream: Iterable[tuple[dict, Prediction]], dataset: EvalDat
 
 
 def evaluate_stream(stream: Iterable[tuple[dict, Prediction]], evaluators: Sequence[Evaluator],
-                    total: int | None = None, progress: bool = True,
-                    desc: str = "evaluating") -> dict[str, float]:
-    """reset every evaluator, feed it each (record, Prediction), merge their ``evaluate()``."""
+                    total: int | None = None, progress: bool = True, desc: str = "evaluating",
+                    log: ResultLog | None = None,
+                    replay: Iterable[int] = ()) -> dict[str, float]:
+    """reset every evaluator, feed it each (record, Prediction), merge their ``evaluate()``.
+
+    log: with it (every evaluator must be an ``ImageEvaluator``), the logged results of the
+    images in ``replay`` are added first, then each new image's results are appended to the log
+    (in evaluator order) before they are added.
+    """
     for ev in evaluators:
         ev.reset()
+    if log is not None:
+        lacking = [type(ev).__name__ for ev in evaluators if not hasattr(ev, "image_result")]
+        if lacking:
+            raise TypeError(f"a results log needs per-image evaluators; {lacking} are not")
+        for image_id, results in log.records(replay):
+            for ev, result in zip(evaluators, results, strict=True):
+                ev.add_result(image_id, result)
     for image, pred in tqdm(stream, total=total, desc=desc, unit="img", disable=not progress):
-        for ev in evaluators:
-            ev.process([image], [pred])
+        if log is None:
+            for ev in evaluators:
+                ev.process([image], [pred])
+            continue
+        results = [ev.image_result(image, pred) for ev in evaluators]
+        log.append(image["id"], results)
+        for ev, result in zip(evaluators, results, strict=True):
+            ev.add_result(image["id"], result)
+    if log is not None:
+        log.sync()
     results: dict[str, float] = {}
     for ev in evaluators:
         results.update(ev.evaluate())

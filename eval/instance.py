@@ -3,9 +3,11 @@
 A detector's boxes (a COCO results file, e.g. ViTDet-H's, supplied by the user) prompt the
 everything-mode masks: for each box, the mask with the highest IoU with the filled box is taken
 (FastSAM's box prompt: box corners truncated to integer pixels and clipped to the image; the
-first mask wins a tie), keeping the box's category and score. Mask AP is then computed by the
-official tools: pycocotools ``COCOeval`` on COCO (AP, AP50, AP75, APs, APm, APl) and the LVIS
-API's ``LVISEval`` on LVIS (max 300 detections per image; also APr, APc, APf).
+first mask wins a tie), keeping the box's category and score. Mask AP is then computed with the
+official tools' rules, image by image (``fastsam_train.metrics.instance_ap``: identical to
+pycocotools ``COCOeval`` on COCO (AP, AP50, AP75, APs, APm, APl) and the LVIS API's
+``LVISEval`` on LVIS (max 300 detections per image, federated; also APr, APc, APf), tested):
+each image's masks are matched as soon as they are chosen and only per-detection flags are kept.
 
 A box on an image where the model found no mask at all gets no mask and is dropped; the count
 is reported (``mask/boxes_without_mask``). Results are segmentation-only (no ``bbox`` key) so
@@ -20,24 +22,16 @@ detection on any evaluated image.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from eval.core import EmptyPredictionsError, Prediction, bytes_rles, restrict_gt
-
-COCO_KEYS = ("ap", "ap50", "ap75", "ap_s", "ap_m", "ap_l")
-LVIS_KEYS = {"AP": "ap", "AP50": "ap50", "AP75": "ap75", "APs": "ap_s", "APm": "ap_m",
-             "APl": "ap_l", "APr": "ap_r", "APc": "ap_c", "APf": "ap_f"}
+from eval.core import EmptyPredictionsError, Prediction, bytes_rles
+from fastsam_train.metrics.instance_ap import InstanceAP
 
 
 def load_detections(source: str | Path | list, gt: dict) -> dict[int, list[dict]]:
@@ -96,11 +90,10 @@ def select_masks(rles: list[dict], boxes_xywh: np.ndarray, height: int,
 
 
 class InstanceEvaluator:
-    """Box-prompted mask AP (evaluator protocol: reset / process / evaluate).
+    """Box-prompted mask AP, image by image (``ImageEvaluator`` of eval/core.py).
 
     gt: COCO-format dict; detections: ``load_detections`` output or its source; api: ``coco``
-    (pycocotools COCOeval) or ``lvis`` (LVISEval, ``max_dets`` per image, default 300).
-    ``results`` holds the segm results of the last run (COCO results format).
+    (pycocotools COCOeval's rules) or ``lvis`` (LVISEval's, ``max_dets`` per image, default 300).
     """
 
     def __init__(self, gt: dict, detections, api: str = "coco", max_dets: int = 300) -> None:
@@ -109,68 +102,60 @@ class InstanceEvaluator:
         self.gt, self.api, self.max_dets = gt, api, max_dets
         self.detections = detections if isinstance(detections, dict) else \
             load_detections(detections, gt)
+        self._ap = InstanceAP(gt, rules=api, iou_type="segm", max_dets=max_dets)
+        self._images = self._ap.index.images
         self.reset()
 
     def reset(self) -> None:
         self._seen: set[int] = set()
-        self._with_dets = 0
-        self.results: list[dict] = []
-        self._boxes = self._dropped = 0
+        self._with_dets = self._boxes = self._dropped = self._results = 0
+        self._ap.reset()
 
     def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None:
         for image, pred in zip(inputs, outputs, strict=True):
-            if pred.image_id != image["id"]:
-                raise ValueError(f"prediction for image {pred.image_id} given for {image['id']}")
-            if pred.image_id in self._seen:
-                raise ValueError(f"image id {pred.image_id} was processed twice")
-            self._seen.add(pred.image_id)
-            dets = self.detections.get(pred.image_id, [])
-            self._boxes += len(dets)
-            self._with_dets += bool(dets)
-            if not dets:
-                continue
-            if not len(pred):
-                self._dropped += len(dets)
-                continue
+            self.add_result(image["id"], self.image_result(image, pred))
+
+    def image_result(self, image: dict, pred: Prediction) -> dict[str, np.ndarray]:
+        """Choose each detection box's mask, match the masks (``InstanceAP.image_result``) and
+        count boxes (``boxes``, ``dropped``: boxes without a mask)."""
+        if pred.image_id != image["id"] or pred.image_id not in self._images:
+            raise ValueError(f"prediction for image {pred.image_id} given for {image['id']}")
+        dets = self.detections.get(pred.image_id, [])
+        results = []
+        if dets and len(pred):
             best, _ = select_masks(pred.rles, np.array([d["bbox"] for d in dets]),
                                    pred.height, pred.width)
-            self.results.extend(
-                {"image_id": pred.image_id, "category_id": d["category_id"],
-                 "score": float(d["score"]), "segmentation": pred.rles[k]}
-                for d, k in zip(dets, best.tolist(), strict=True))
+            results = [{"category_id": d["category_id"], "score": float(d["score"]),
+                        "segmentation": pred.rles[k], "area": float(pred.areas[k])}
+                       for d, k in zip(dets, best.tolist(), strict=True)]
+        return {**self._ap.image_result(self._images[pred.image_id], results),
+                "boxes": np.int64(len(dets)), "dropped": np.int64(len(dets) - len(results))}
+
+    def add_result(self, image_id: int, result: dict[str, np.ndarray]) -> None:
+        if image_id in self._seen:
+            raise ValueError(f"image id {image_id} was processed twice")
+        self._seen.add(image_id)
+        boxes, dropped = int(result["boxes"]), int(result["dropped"])
+        self._boxes += boxes
+        self._dropped += dropped
+        self._with_dets += bool(boxes)
+        self._results += boxes - dropped
+        self._ap.add(image_id, result)
 
     def evaluate(self) -> dict[str, float]:
         if not self._seen:
             raise EmptyPredictionsError("no images were processed")
-        if not self.results:
+        if not self._results:
             raise EmptyPredictionsError(
                 f"no detection box fell on the {len(self._seen)} evaluated images (or the model "
                 "found no mask there); refusing to report AP 0.000 - check that the detections "
                 "file belongs to this dataset")
-        gt, ids = restrict_gt(self.gt, self._seen), sorted(self._seen)
-        metrics = coco_mask_ap(gt, self.results, ids) if self.api == "coco" \
-            else lvis_mask_ap(gt, self.results, ids, self.max_dets)
-        metrics = {f"mask/{k}": v for k, v in metrics.items()}
+        metrics = {f"mask/{k}": v for k, v in self._ap.summary().items()}
         metrics.update({"images": float(len(self._seen)),
                         "images_with_boxes": float(self._with_dets),
                         "mask/boxes": float(self._boxes),
                         "mask/boxes_without_mask": float(self._dropped)})
         return metrics
-
-
-def coco_mask_ap(gt: dict, results: list[dict], image_ids: Sequence[int]) -> dict[str, float]:
-    """pycocotools segm AP (standard parameters) on ``image_ids``."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(coco_gt, coco_dt, "segm")
-        ev.params.imgIds = list(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {k: float(v) for k, v in zip(COCO_KEYS, ev.stats[:6], strict=True)}
 
 
 @contextlib.contextmanager
@@ -185,27 +170,3 @@ def numpy_float_alias():
     finally:
         if added:
             del np.float
-
-
-def lvis_mask_ap(gt: dict, results: list[dict], image_ids: Sequence[int],
-                 max_dets: int = 300) -> dict[str, float]:
-    """The LVIS API's segm AP (``max_dets`` per image) on ``image_ids``."""
-    from lvis import LVIS, LVISEval, LVISResults
-
-    class _LVISFromDict(LVIS):  # the API only reads files; the index is built the same way
-        def __init__(self, dataset: dict) -> None:
-            self.logger = logging.getLogger("lvis")
-            self.dataset = dataset
-            self._create_index()
-
-    logging.getLogger("lvis").setLevel(logging.ERROR)
-    lvis_gt = _LVISFromDict(gt)
-    with warnings.catch_warnings():  # lvis 0.5.3 calls the deprecated Logger.warn
-        warnings.simplefilter("ignore", DeprecationWarning)
-        lvis_dt = LVISResults(lvis_gt, [dict(r) for r in results], max_dets=max_dets)
-    ev = LVISEval(lvis_gt, lvis_dt, "segm")
-    ev.params.img_ids = list(image_ids)
-    ev.params.max_dets = max_dets
-    with contextlib.redirect_stdout(io.StringIO()), numpy_float_alias():
-        ev.run()
-    return {LVIS_KEYS[k]: float(v) for k, v in ev.get_results().items() if k in LVIS_KEYS}

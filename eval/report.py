@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from eval.core import Prediction, to_prediction
+
+log = logging.getLogger(__name__)
 
 DASH = "—"
 SIZES = [("all", "ar_1000"), ("small", "ar_s_1000"), ("med.", "ar_m_1000"),
@@ -145,25 +148,62 @@ def write_report(out_dir: str | Path, task: str, metrics: dict[str, float],
 
 
 class PredictionWriter:
-    """An evaluator that streams every image's proposals to ``predictions.jsonl.gz`` (one JSON
-    line per image: id, size, scores, xyxy boxes, RLE counts) for ``read_predictions``."""
+    """An evaluator that streams every image's proposals to ``predictions.jsonl.gz`` for
+    ``read_predictions``: one JSON line per image (id, size, scores, xyxy boxes, RLE counts),
+    each line its own gzip member, written and flushed at once.
+
+    As an ``ImageEvaluator`` (eval/core.py) its per-image result is the file's length after the
+    image: a resumed run cuts off whatever was written after the last logged image and appends.
+    """
 
     def __init__(self, path: str | Path) -> None:
-        self.path, self._file = Path(path), None
+        self.path, self._file, self._end = Path(path), None, 0
 
     def reset(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = gzip.open(self.path, "wt", compresslevel=1)
+        self.close()
+        self._end = 0
 
     def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None:
         for pred in outputs:
-            self._file.write(json.dumps({
-                "image_id": pred.image_id, "height": pred.height, "width": pred.width,
-                "scores": pred.scores.tolist(), "boxes": pred.boxes.tolist(),
-                "counts": [r["counts"] for r in pred.rles]}) + "\n")
+            self.add_result(pred.image_id, self.image_result({"id": pred.image_id}, pred))
+
+    def image_result(self, image: dict, pred: Prediction) -> dict[str, np.ndarray]:
+        line = json.dumps({"image_id": pred.image_id, "height": pred.height,
+                           "width": pred.width, "scores": pred.scores.tolist(),
+                           "boxes": pred.boxes.tolist(),
+                           "counts": [r["counts"] for r in pred.rles]})
+        data = gzip.compress(line.encode() + b"\n", compresslevel=1, mtime=0)
+        f = self._open()
+        f.write(data)
+        f.flush()
+        return {"end": np.int64(f.tell())}
+
+    def add_result(self, image_id: int, result: dict[str, np.ndarray]) -> None:
+        self._end = int(result["end"])
+
+    def _open(self):
+        """The file, opened at the end of the last added image (anything after it cut off)."""
+        if self._file is None:
+            size = self.path.stat().st_size if self.path.is_file() else 0
+            if size < self._end:
+                raise ValueError(
+                    f"{self.path} has {size} bytes but the per-image log says {self._end} were "
+                    "written: the file was changed or lost. Resume with save_predictions=false "
+                    "or start a new run folder")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "r+b" if size else "wb")
+            self._file.truncate(self._end)
+            self._file.seek(self._end)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def evaluate(self) -> dict[str, float]:
-        self._file.close()
+        self._open()  # a resumed run with nothing left to predict still drops a stale tail
+        self.close()
         return {}
 
 
@@ -171,28 +211,50 @@ def read_predictions(path: str | Path, images: dict[int, dict], max_dets: int | 
                      only: set[int] | None = None) -> Iterator[tuple[dict, Prediction]]:
     """(image record, Prediction) for each line of a ``PredictionWriter`` file; ``images`` maps
     the dataset's ids to records, ``only`` (optional) selects some of them. An id the dataset
-    does not have, or a size that differs from its record, raises ValueError."""
+    does not have, or a size that differs from its record, raises ValueError. A file that ends
+    in a torn record (a run killed while writing) is read up to it, with a warning."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
+    for row in _json_lines(path):
+        image = images.get(row["image_id"])
+        if image is None:
+            raise ValueError(f"{path}: image id {row['image_id']} is not in the dataset "
+                             "(predictions made for another split?)")
+        if only is not None and image["id"] not in only:
+            continue
+        size = [image["height"], image["width"]]
+        if [row["height"], row["width"]] != size:
+            raise ValueError(f"{path}: image {row['image_id']} is {row['height']}x"
+                             f"{row['width']} there but {size[0]}x{size[1]} in the dataset")
+        output = {"scores": np.array(row["scores"]),
+                  "boxes": np.array(row["boxes"]).reshape(-1, 4),
+                  "rles": [{"size": size, "counts": c} for c in row["counts"]]}
+        yield image, to_prediction(image, output, max_dets)
+
+
+def _json_lines(path: Path) -> Iterator[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
+    count = 0
     with opener(path, "rt") as f:
-        for line in f:
-            row = json.loads(line)
-            image = images.get(row["image_id"])
-            if image is None:
-                raise ValueError(f"{path}: image id {row['image_id']} is not in the dataset "
-                                 "(predictions made for another split?)")
-            if only is not None and image["id"] not in only:
-                continue
-            size = [image["height"], image["width"]]
-            if [row["height"], row["width"]] != size:
-                raise ValueError(f"{path}: image {row['image_id']} is {row['height']}x"
-                                 f"{row['width']} there but {size[0]}x{size[1]} in the dataset")
-            output = {"scores": np.array(row["scores"]),
-                      "boxes": np.array(row["boxes"]).reshape(-1, 4),
-                      "rles": [{"size": size, "counts": c} for c in row["counts"]]}
-            yield image, to_prediction(image, output, max_dets)
+        while True:
+            try:
+                line = f.readline()
+            except EOFError:  # a gzip member cut short
+                line = ""
+                log.warning("%s ends in a torn record (an interrupted run?); read the %d images "
+                            "before it", path, count)
+            if not line:
+                return
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if line.endswith("\n") or f.readline():
+                    raise  # damaged in the middle: not an interrupted write
+                log.warning("%s ends in a torn line; read the %d images before it", path, count)
+                return
+            count += 1
+            yield row
 
 
 def log_metrics(loggers: list, task: str, metrics: dict[str, float],

@@ -5,7 +5,9 @@ Tasks: ``coco_ar`` / ``lvis_ar`` (class-agnostic proposals), ``coco_instance`` /
 ``bsds_edges`` (BSDS500 zero-shot edges, with Sobel / Canny rows; see eval/edges.py).
 ``predictions=<run>/predictions.jsonl.gz`` re-evaluates saved predictions without the model.
 Writes ``metrics.json``, ``report.md``, ``ar_curve.png`` and ``predictions.jsonl.gz`` to the
-Hydra run directory.
+Hydra run directory, and ``per_image.bin``: every image's match results as soon as it is scored.
+Running again into the same folder (``hydra.run.dir=<run>``) with the same task, data and model
+settings resumes: logged images are not predicted again (``resume=false``: no log).
 """
 
 from __future__ import annotations
@@ -48,12 +50,12 @@ def build_predictor(model_cfg: DictConfig):
         **cfg))
 
 
-def build_evaluator(task: DictConfig, gt: dict, engine: str):
+def build_evaluator(task: DictConfig, gt: dict):
     if task.kind == "proposals":
         from eval.proposals import ProposalEvaluator
 
         return ProposalEvaluator(gt, list(task.iou_types), list(task.max_dets),
-                                 task.frequency_groups, task.box_source, engine)
+                                 task.frequency_groups, task.box_source)
     if task.kind == "instance":
         from eval.instance import InstanceEvaluator
 
@@ -129,41 +131,90 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def run_settings(cfg: DictConfig, dataset) -> dict:
+    """What per-image results depend on: a resumed run must have the same (paths to the data
+    and the device may change)."""
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    for key in ("annotation", "image_root"):
+        task.pop(key, None)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("device", None)
+    return {"task": task, "dataset": dataset.name, "annotation": dataset.annotation.name,
+            "images": len(dataset.gt["images"]), "annotations": len(dataset.gt["annotations"]),
+            "source": str(cfg.predictions) if cfg.predictions else model,
+            "save_predictions": bool(cfg.save_predictions and not cfg.predictions)}
+
+
+def open_log(cfg: DictConfig, dataset, images: list[dict]):
+    """The run folder's per-image log (None with ``resume=false``) and the ids it holds;
+    refuses a log with images outside ``images`` (their saved predictions would be cut)."""
+    from eval.resume import ResultLog
+
+    if not cfg.resume:
+        return None, set()
+    results_log = ResultLog(Path(cfg.paths.output_dir) / "per_image.bin",
+                            run_settings(cfg, dataset))
+    outside = results_log.image_ids - {im["id"] for im in images}
+    if outside:
+        results_log.close()
+        raise ValueError(f"{results_log.path} holds {len(outside)} images outside this run's "
+                         f"{len(images)} (max_images={cfg.max_images}): resume with the same or "
+                         "a larger selection, or use another run folder")
+    return results_log, set(results_log.image_ids)
+
+
+def prediction_stream(cfg: DictConfig, dataset, todo: list[dict], timing: dict):
+    """(record, Prediction) of the ``todo`` images: saved predictions or the model; the model is
+    not built when nothing is left to predict."""
+    from eval.core import inference_stream, require_coverage
+    from eval.report import read_predictions
+
+    if not todo:
+        return iter(())
+    if cfg.predictions:
+        every = {im["id"]: im for im in dataset.gt["images"]}
+        wanted = {im["id"] for im in todo}
+        return require_coverage(
+            read_predictions(cfg.predictions, every, cfg.model.max_det, only=wanted),
+            dataset, wanted, cfg.allow_subset, str(cfg.predictions))
+    dataset.check_images(todo)  # fail on a missing file before loading the model
+    return inference_stream(dataset, build_predictor(cfg.model), todo, cfg.batch_size,
+                            cfg.model.max_det, timing, cfg.max_pixels)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Build the dataset, evaluator and predictions stream; evaluate; write the report."""
+    """Build the dataset, evaluator and predictions stream; evaluate (resuming the run folder's
+    per-image log); write the report."""
     if cfg.task.kind == "edges":
         return run_edges(cfg)
-    from eval.core import evaluate_stream, inference_stream, require_coverage
+    from eval.core import evaluate_stream
     from eval.datasets import get_dataset
-    from eval.report import PredictionWriter, log_metrics, read_predictions, write_report
+    from eval.report import PredictionWriter, log_metrics, write_report
 
-    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its INFO per COCOeval
     task, out = cfg.task, Path(cfg.paths.output_dir)
     dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root)
     images = dataset.images(cfg.max_images)
-    evaluator = build_evaluator(task, dataset.gt, cfg.engine)
-    sinks, timing = [evaluator], {}
     dataset.check_annotated(images)  # recall over no objects would be nan
-    if cfg.predictions:
-        every = {im["id"]: im for im in dataset.gt["images"]}
-        wanted = {im["id"] for im in images}
-        stream = require_coverage(
-            read_predictions(cfg.predictions, every, cfg.model.max_det, only=wanted),
-            dataset, wanted, cfg.allow_subset, str(cfg.predictions))
-        source = str(cfg.predictions)
-    else:
-        dataset.check_images(images)  # fail on a missing file before loading the model
-        predictor = build_predictor(cfg.model)
-        stream = inference_stream(dataset, predictor, images, cfg.batch_size, cfg.model.max_det,
-                                  timing, cfg.max_pixels)
-        source = str(cfg.model.weights)
-        if cfg.save_predictions:
-            sinks.append(PredictionWriter(out / "predictions.jsonl.gz"))
-    metrics = evaluate_stream(stream, sinks, len(images), cfg.progress, desc=task.name)
+    sinks, timing = [build_evaluator(task, dataset.gt)], {}
+    if cfg.save_predictions and not cfg.predictions:
+        sinks.append(PredictionWriter(out / "predictions.jsonl.gz"))
+    results_log, done = open_log(cfg, dataset, images)
+    try:
+        if done:
+            log.info("%s: resuming, %d of %d images already evaluated (%s)", task.name,
+                     len(done), len(images), results_log.path)
+        todo = [im for im in images if im["id"] not in done]
+        metrics = evaluate_stream(prediction_stream(cfg, dataset, todo, timing), sinks,
+                                  len(todo), cfg.progress, desc=task.name, log=results_log,
+                                  replay=done)
+    finally:
+        if results_log:
+            results_log.close()
     info = {"dataset": dataset.name, "annotation": str(dataset.annotation),
-            "dataset_images": len(dataset.gt["images"]), "source": source,
+            "dataset_images": len(dataset.gt["images"]),
+            "source": str(cfg.predictions or cfg.model.weights), "resumed_images": len(done),
             "timing_s": timing, "config": OmegaConf.to_container(cfg, resolve=True)}
-    files = write_report(out, task.name, metrics, getattr(evaluator, "curves", None), info)
+    files = write_report(out, task.name, metrics, getattr(sinks[0], "curves", None), info)
     log_metrics(build_loggers(cfg), task.name, metrics, files)
     log.info("%s: %s = %.4f; report: %s", task.name, task.headline,
              metrics.get(task.headline, float("nan")), files["markdown"])

@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -61,9 +62,11 @@ def ann_mask(ann: dict, image: dict) -> np.ndarray:
     return mask_utils.decode(code).astype(bool)
 
 
-def predictions(gt: dict, extra: int = 20, seed: int = 0) -> dict[int, dict]:
+def predictions(gt: dict, extra: int = 20, seed: int = 0,
+                decimals: int | None = None) -> dict[int, dict]:
     """Per image a predictor-style output (RLE): every GT object (some moved by a few pixels,
-    some dropped) plus ``extra`` random boxes; random scores; model boxes = mask boxes + 2 px."""
+    some dropped) plus ``extra`` random boxes; random scores (rounded to ``decimals``: ties);
+    model boxes = mask boxes + 2 px."""
     rng = np.random.default_rng(seed)
     by_image: dict[int, list] = {im["id"]: [] for im in gt["images"]}
     for ann in gt["annotations"]:
@@ -85,7 +88,9 @@ def predictions(gt: dict, extra: int = 20, seed: int = 0) -> dict[int, dict]:
                                    for r in rles]).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes = np.clip(boxes + [-2, -2, 2, 2], 0, [w, h, w, h])
-        out[image["id"]] = {"rles": rles, "boxes": boxes, "scores": rng.random(len(rles))}
+        scores = rng.random(len(rles))
+        scores = scores if decimals is None else np.round(scores, decimals)
+        out[image["id"]] = {"rles": rles, "boxes": boxes, "scores": scores}
     return out
 
 
@@ -132,9 +137,9 @@ def coco(dataset: dict) -> COCO:
     return c
 
 
-def pycocotools_recall(gt: dict, results: list[dict], iou_type: str,
-                       max_dets=(10, 100, 1000)) -> np.ndarray:
-    """Plain pycocotools: loadRes, COCOeval(useCats=0): AR (all areas) for each max_det."""
+def pycocotools_recall_table(gt: dict, results: list[dict], iou_type: str,
+                             max_dets=(10, 100, 1000)) -> np.ndarray:
+    """Plain pycocotools: loadRes, COCOeval(useCats=0): recall (T, A, len(max_dets))."""
     coco_gt = coco(gt)
     cat = gt["categories"][0]["id"]
     with quiet():
@@ -144,5 +149,114 @@ def pycocotools_recall(gt: dict, results: list[dict], iou_type: str,
         ev.params.maxDets = list(max_dets)
         ev.evaluate()
         ev.accumulate()
-    recall = ev.eval["recall"][:, 0, 0, :]  # (T, M)
+    return ev.eval["recall"][:, 0, :, :]
+
+
+def pycocotools_recall(gt: dict, results: list[dict], iou_type: str,
+                       max_dets=(10, 100, 1000)) -> np.ndarray:
+    """Plain pycocotools: AR (all areas) for each max_det."""
+    recall = pycocotools_recall_table(gt, results, iou_type, max_dets)[:, 0, :]  # (T, M)
     return np.array([recall[:, i][recall[:, i] > -1].mean() for i in range(len(max_dets))])
+
+
+def synthetic_gt(count: int = 10, seed: int = 0, height: int = 128, width: int = 160) -> dict:
+    """COCO-format ground truth that exercises every rule: polygon, compressed-RLE and crowd
+    (uncompressed RLE) objects, boxes of exactly 32x32 and 96x96 pixels (area range limits,
+    inclusive), a duplicated object (IoU ties), an image without objects, LVIS-style category
+    frequencies and neg / not-exhaustive lists. Image ids 1..count."""
+    rng = np.random.default_rng(seed)
+    cats = [{"id": c, "name": f"c{c}", "frequency": "fcr"[c % 3]} for c in (3, 5, 8, 13)]
+    images, anns = [], []
+
+    def add(image_id, mask, crowd=False, polygon=None):
+        area = float(mask.sum())
+        ys, xs = np.nonzero(mask)
+        bbox = [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)]
+        if crowd:  # COCO's crowd regions: uncompressed RLE (column-major run lengths)
+            flat = mask.flatten(order="F").astype(np.int8)
+            change = np.flatnonzero(np.diff(np.r_[0, flat, 1 - flat[-1]]))
+            seg = {"size": [height, width], "counts": np.diff(np.r_[0, change]).tolist()}
+        else:
+            seg = polygon if polygon is not None else rle(mask)
+        anns.append({"id": len(anns) + 1, "image_id": image_id, "iscrowd": int(crowd),
+                     "category_id": cats[int(rng.integers(len(cats)))]["id"], "area": area,
+                     "bbox": bbox, "segmentation": seg})
+
+    for image_id in range(1, count + 1):
+        images.append({"id": image_id, "height": height, "width": width,
+                       "file_name": f"{image_id:04d}.png", "neg_category_ids": [5, 13],
+                       "not_exhaustive_category_ids": [8]})
+        if image_id == 2:
+            continue  # no objects
+        for side in (32, 96, *rng.integers(4, 60, int(rng.integers(2, 7)))):
+            mask = np.zeros((height, width), bool)
+            side = int(side)
+            y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+            mask[y:y + side, x:x + side] = True
+            poly = [[x, y, x + side, y, x + side, y + side, x, y + side]] if side % 2 else None
+            add(image_id, mask, polygon=poly)
+        blob = np.zeros((height, width), np.uint8)
+        cv2.circle(blob, (int(rng.integers(20, width - 20)), int(rng.integers(20, height - 20))),
+                   int(rng.integers(5, 20)), 1, -1)
+        add(image_id, blob.astype(bool))
+        add(image_id, blob.astype(bool))  # the same object twice: IoU ties between objects
+        crowd = np.zeros((height, width), bool)
+        crowd[: height // 3, width // 2:] = True
+        add(image_id, crowd, crowd=True)
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def write_images(gt: dict, folder: Path) -> Path:
+    """One PNG per image record whose pixels all equal the image id (read by IdPredictor)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for im in gt["images"]:
+        cv2.imwrite(str(folder / im["file_name"]),
+                    np.full((im["height"], im["width"], 3), im["id"], np.uint8))
+    return folder
+
+
+class IdPredictor:
+    """Test double for the model: reads the image id from the pixels (``write_images``) and
+    returns ``outputs[id]`` (RLEs); raises at the ``fail_at``-th image; ``delay`` s per call."""
+
+    def __init__(self, outputs: dict[int, dict], fail_at: int | None = None,
+                 delay: float = 0.0) -> None:
+        self.outputs, self.fail_at, self.delay = outputs, fail_at, delay
+        self.seen: list[int] = []
+
+    def predict(self, images: list[np.ndarray]) -> list[dict]:
+        import time
+
+        time.sleep(self.delay)
+        outs = []
+        for image in images:
+            if self.fail_at is not None and len(self.seen) + 1 >= self.fail_at:
+                raise RuntimeError(f"interrupted at image {len(self.seen) + 1}")
+            self.seen.append(int(image[0, 0, 0]))
+            outs.append(self.outputs[self.seen[-1]])
+        return outs
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_eval(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+def fake_run(overrides: list[str], fail_at: int | None = None,
+             delay: float = 0.0) -> tuple[dict, IdPredictor]:
+    """``eval.run.run`` with ``IdPredictor`` as the model (its outputs: ``predictions`` of the
+    task's annotation file, seed 11, tied scores). Returns (metrics, the predictor)."""
+    from unittest import mock
+
+    import eval.run as eval_run
+
+    cfg = compose_eval(*overrides)
+    gt = load_gt(cfg.task.annotation)
+    fake = IdPredictor(predictions(gt, extra=30, seed=11, decimals=1), fail_at, delay)
+    with mock.patch.object(eval_run, "build_predictor", lambda model_cfg: fake):
+        return eval_run.run(cfg), fake

@@ -10,8 +10,10 @@ from eval_helpers import (
     box_gt,
     predictions,
     pycocotools_recall,
+    pycocotools_recall_table,
     real_gt,
     subset,
+    synthetic_gt,
 )
 
 from eval.core import EmptyPredictionsError, evaluate_stream, to_prediction
@@ -107,13 +109,64 @@ def test_equals_plain_pycocotools_on_real_annotations(shared_data, name):
             np.testing.assert_allclose(ours[f"mask/ar_{group}_1000"], ref, atol=1e-12)
 
 
-def test_engines_agree(shared_data):
-    gt = subset(real_gt(shared_data, "lvis"), 30)
-    stream = as_predictions(gt, predictions(gt, extra=30, seed=2))
-    fast = evaluate_stream(stream, [ProposalEvaluator(gt, engine="faster")], progress=False)
-    slow = evaluate_stream(stream, [ProposalEvaluator(gt, engine="pycocotools")],
-                           progress=False)
-    assert fast == slow
+def results_of(stream) -> tuple[list[dict], list[dict]]:
+    """The stream's proposals as COCO results: masks, and the model's boxes (xywh)."""
+    masks = [{"image_id": p.image_id, "score": float(s), "segmentation": r}
+             for _, p in stream for r, s in zip(p.rles, p.scores, strict=True)]
+    boxes = [{"image_id": p.image_id, "score": float(s), "bbox": [x1, y1, x2 - x1, y2 - y1]}
+             for _, p in stream for (x1, y1, x2, y2), s in zip(p.boxes, p.scores, strict=True)]
+    return masks, boxes
+
+
+def test_every_number_equals_pycocotools_on_crowd_empty_images_and_ties():
+    """AR@k, size rows, frequency groups, the AR-vs-k curve and AUC against COCOeval run on
+    the whole set: crowd regions (also as proposals), objects on the area limits, duplicated
+    objects, an image without objects, one without proposals, tied scores."""
+    gt = synthetic_gt(count=8, seed=2)
+    outputs = predictions(gt, extra=60, seed=2, decimals=1)
+    outputs[3] = {k: v[:0] for k, v in outputs[3].items()}
+    stream = as_predictions(gt, outputs)
+    ev = ProposalEvaluator(gt, frequency_groups=True)
+    ours = evaluate_stream(stream, [ev], progress=False)
+    freq = {c["id"]: c["frequency"] for c in gt["categories"]}
+    for prefix, iou_type, results in zip(("mask", "box"), ("segm", "bbox"), results_of(stream),
+                                         strict=True):
+        ks = ev.curves[prefix][0]
+        ref = pycocotools_recall_table(gt, results, iou_type, ks)  # (T, A, K)
+        ar = [ref[:, 0, i][ref[:, 0, i] > -1].mean() for i in range(len(ks))]
+        np.testing.assert_array_equal(ev.curves[prefix][1], ar)
+        for k in (10, 100, 1000):
+            assert ours[f"{prefix}/ar_{k}"] == ar[list(ks).index(k)]
+        for a, size in enumerate("sml", start=1):
+            assert ours[f"{prefix}/ar_{size}_1000"] == ref[:, a, -1][ref[:, a, -1] > -1].mean()
+        assert ours[f"{prefix}/auc"] == oln_auc(dict(zip(ks, ar, strict=True)))
+        for group in "fcr":
+            sub = {**gt, "annotations": [a for a in gt["annotations"]
+                                         if freq[a["category_id"]] == group]}
+            ref_g = pycocotools_recall(sub, results, iou_type, (1000,))[0]
+            assert ours[f"{prefix}/ar_{group}_1000"] == ref_g
+        assert 0.2 < ours[f"{prefix}/ar_100"] < 1 and ours[f"{prefix}/ar_s_1000"] > 0
+
+
+def test_memory_does_not_grow_with_the_number_of_images():
+    """Only a few hundred bytes per image outlive it (the RLEs alone are ~50 KB per image)."""
+    import tracemalloc
+
+    gt = synthetic_gt(count=40, seed=4)
+    outputs = predictions(gt, extra=200, seed=4)
+    ev = ProposalEvaluator(gt, frequency_groups=True)
+    ev.reset()
+    tracemalloc.start()
+    try:
+        for i, image in enumerate(gt["images"]):
+            ev.process([image], [to_prediction(image, outputs[image["id"]])])
+            if i == 9:
+                base = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 30 * 1024, f"{grown / 30:.0f} bytes kept per image"
+    assert ev.evaluate()["images"] == 40
 
 
 def test_annotation_id_zero_is_still_recalled(shared_data):
@@ -169,3 +222,18 @@ def test_bad_input_is_an_error_not_a_zero():
         ProposalEvaluator(gt, frequency_groups=True)
     with pytest.raises(ValueError, match="iou_types"):
         ProposalEvaluator(gt, iou_types=["keypoints"])
+
+
+def test_benchmark_paths_compute_the_same_numbers(shared_data):
+    """data_tools/bench_eval.py's three paths (streaming, the previous in-memory evaluator,
+    plain pycocotools) on a few tiled LVIS images with blob proposals: identical AR."""
+    from eval_helpers import LVIS_JSON
+
+    from data_tools.bench_eval import run_method
+
+    rows = [run_method(m, str(shared_data / LVIS_JSON), 5, 80, 0)
+            for m in ("stream", "current", "pycocotools")]
+    for other in rows[1:]:
+        np.testing.assert_array_equal(other["ar"] + other["groups"],
+                                      rows[0]["ar"] + rows[0]["groups"])
+    assert 0 < rows[0]["ar"][-1] < 1 and rows[0]["log_bytes"] > 0
