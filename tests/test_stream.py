@@ -196,11 +196,13 @@ def test_bad_samples_are_skipped_and_counted(demo_shards, tmp_path):
     assert out[-1]["skipped"] == 6  # 5 samples + 1 unreadable tar
 
 
-LABELS = {  # label text -> what ultralytics' verify_image_label does with it
+LABELS = {  # label text; ultralytics checks the polygons' xywh boxes, not the vertices
     "in_range": "0 0.1 0.1 0.9 0.1 0.5 0.9",
-    "within_1pct": "0 0.0 0.0 1.009 0.0 0.5 1.005",
-    "negative_centre_ok": "0 -0.5 0.2 0.48 0.2 0.0 0.6",  # box xc -0.01, w 0.98: kept
-    "past_1pct": "0 0.1 0.1 1.02 0.1 0.5 0.9",
+    "box_within_1pct": "0 0.0 0.0 1.009 0.0 0.5 1.005",
+    "vertex_past_1_box_inside": "0 0.1 0.1 1.02 0.1 0.5 0.9",  # xc 0.56, w 0.92: kept
+    "vertex_negative_box_inside": "0 -0.5 0.2 0.5 0.2 0.0 0.6",  # xc 0, w 1: kept
+    "box_centre_below_0": "0 -0.5 0.2 0.4 0.2 0.0 0.6",  # xc -0.05: refused
+    "box_past_1pct": "0 0.5 0.1 1.6 0.1 1.0 0.9",  # xc 1.05: refused
     "minus_3_to_4": "0 -3 0.5 4 0.5 0.5 0.9",
     "huge": "0 0.1 0.1 1e30 0.2 0.5 0.9",
     "negative": "0 -0.2 -0.3 -0.1 -0.3 -0.15 -0.1",

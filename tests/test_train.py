@@ -204,10 +204,11 @@ def bad_dataset(demo_shards: Path, out: Path, kind: str) -> Path:
             if kind == "garbage":
                 (out / split / name).write_bytes(np.random.default_rng(i).bytes(4000))
                 continue
-            writer = ShardWriter(out / split / name.removesuffix("-000000.tar"), 10**6)
+            writer = ShardWriter(out / split / "tmp", 10**6)
             for sample in iter_shard(demo_shards / split / name):
                 writer.write({**sample, "txt": b"0 nan nan nan nan nan nan\n"})
             writer.close()
+            (out / split / "tmp-000000.tar").rename(out / split / name)
     return out
 
 

@@ -7,6 +7,7 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,20 +35,32 @@ def ignore_requeue_signal(_worker_id: int) -> None:
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader that calls ``before_epoch()`` whenever an epoch's iterator is made.
+    """A DataLoader that calls ``before_epoch()`` whenever an epoch's iterator is made, and
+    can shut its iterators' worker processes down.
 
     Lightning makes the training iterator (forking the workers, which take a copy of the
     dataset) once per epoch, for the first epoch before ``on_train_epoch_start``; so the
     stream is pointed at the trainer's epoch here, at the one moment that reaches the workers.
+    ``shutdown()``: when a run fails, the exception's traceback keeps the iterator (and its
+    idle workers, which ignore SIGTERM) alive until the interpreter exits, where
+    multiprocessing would then wait for them forever.
     """
 
     def __init__(self, *args, before_epoch: Callable[[], None], **kwargs):
         super().__init__(*args, **kwargs)
         self.before_epoch = before_epoch
+        self.iterators: weakref.WeakSet = weakref.WeakSet()
 
     def __iter__(self):
         self.before_epoch()
-        return super().__iter__()
+        iterator = super().__iter__()
+        self.iterators.add(iterator)
+        return iterator
+
+    def shutdown(self) -> None:
+        for iterator in list(self.iterators):
+            if hasattr(iterator, "_shutdown_workers"):  # torch's, as Lightning calls it
+                iterator._shutdown_workers()
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -89,6 +102,7 @@ class ShardDataModule(L.LightningDataModule):
         self.train_stream: ShardStream | None = None
         self._resume_batches = 0
         self._stop = self._stop_watch = None
+        self._loaders: weakref.WeakSet = weakref.WeakSet()
 
     def prepare_data(self) -> None:
         demo = dict(self.make_demo or {})
@@ -140,10 +154,12 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(ShardStream(cfg, stop=self._stop))
 
     def _loader(self, stream: ShardStream, before_epoch: Callable[[], None] | None = None):
-        return EpochLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                           collate_fn=ultra.collate, persistent_workers=False,
-                           pin_memory=False, worker_init_fn=ignore_requeue_signal,
-                           before_epoch=before_epoch or (lambda: None))
+        loader = EpochLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                             collate_fn=ultra.collate, persistent_workers=False,
+                             pin_memory=False, worker_init_fn=ignore_requeue_signal,
+                             before_epoch=before_epoch or (lambda: None))
+        self._loaders.add(loader)
+        return loader
 
     def _start_epoch(self) -> None:
         """Point the stream at the trainer's epoch: its seeds, ultralytics' ``close_mosaic``
@@ -173,11 +189,14 @@ class ShardDataModule(L.LightningDataModule):
         self._stop_watch = done
 
     def _stop_workers(self) -> None:
+        """Workers skipping bad data stop (the event), then every loader's workers exit."""
         if self._stop is not None:
             self._stop.set()
         if self._stop_watch is not None:
             self._stop_watch.set()
         self._stop = self._stop_watch = None
+        for loader in list(self._loaders):
+            loader.shutdown()
 
     def on_exception(self, exception: BaseException) -> None:
         self._stop_workers()
