@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import tarfile
 from collections import Counter
@@ -73,6 +74,8 @@ class SkipCounter:
             raise ValueError(f"max_consecutive_skips must be >= 1, got {limit}")
         self.limit, self.where, self.stop = limit, where, stop
         self.total, self.in_a_row, self.reasons = 0, 0, Counter()
+        # a loader worker whose trainer died (kill -9) stops skipping too
+        self.parent = os.getppid() if get_worker_info() is not None else None
 
     def bad(self, reason: str, detail: str, count: bool = True) -> None:
         """One failure; ``count=False`` for events that are not samples (an empty pass)."""
@@ -82,7 +85,8 @@ class SkipCounter:
         if self.total <= LOG_FIRST or self.total % LOG_EVERY == 0:
             log.warning("%s: skipping (%d skipped so far): %s: %s", self.where, self.total,
                         reason, detail)
-        if self.stop is not None and self.stop.is_set():
+        if (self.stop is not None and self.stop.is_set()) or \
+                (self.parent is not None and os.getppid() != self.parent):
             raise StopRequested(f"{self.where}: the trainer is stopping; {self.summary()}")
         if self.in_a_row >= self.limit:
             raise NoUsableSamples(
