@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 
 from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
 from fastsam_train.data.demo import KINDS, random_shape, sa1b_record
+from fastsam_train.data.labels import parse_label
 from fastsam_train.data.polygons import mask_iou, polygon_to_mask, resize_mask
 from fastsam_train.data.records import (
     RecordOptions,
@@ -38,7 +39,6 @@ from fastsam_train.data.records import (
     output_size,
     resize_encode,
 )
-from fastsam_train.data.render import parse_label
 from fastsam_train.data.sa1b import RawPair
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sa1b_images"

@@ -63,7 +63,7 @@ from fastsam_train import ultra
 from fastsam_train.data.shards import iter_shard
 from fastsam_train.train.datamodule import ShardDataModule
 from fastsam_train.train.module import OUR_HYP_KEYS
-from fastsam_train.train.stream import read_split
+from fastsam_train.train.shardlist import resolve_split
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_IMAGES = 220_000  # the 2% SA-1B sample (~11M images / 50)
@@ -144,9 +144,9 @@ def train_ours(args, shards: Path, out_dir: Path, cached: bool) -> dict:
 def export_yolo_dataset(shards: Path, out: Path) -> Path:
     """The shards' jpg bytes and label text, unchanged, as a YOLO folder dataset; -> data.yaml."""
     for split in ("train", "val"):
-        paths, total = read_split(shards, split)
+        paths, total = resolve_split(str(shards), split)
         count = 0
-        for path in paths:
+        for path in map(Path, paths):
             for sample in iter_shard(path):
                 name = f"{path.stem}_{sample['__key__']}"
                 for kind, ext in (("images", "jpg"), ("labels", "txt")):
@@ -311,13 +311,11 @@ class PeakMemory(threading.Thread):
             self.sample(full=False)
 
 
-def loader_peak_memory(data_cfg: dict, hyp: dict, shards: Path, batches: int,
-                       chunk: int) -> dict:
+def loader_peak_memory(data_cfg: dict, shards: Path, batches: int, chunk: int) -> dict:
     """Peak tree memory while iterating ``batches`` training batches (in a fresh process), from
-    a fresh loader (new workers) every ``chunk`` batches, as each demo epoch does."""
+    a fresh loader (new workers) every ``chunk`` batches, as each demo epoch does. The data
+    config carries the run's hyp (its ``hyp: ${hyp}``)."""
     dm = hydra.utils.instantiate(data_cfg, shards=str(shards), make_demo=None)
-    dm.set_hyperparameters(ultra.hyperparameters(
-        **{k: v for k, v in hyp.items() if k not in OUR_HYP_KEYS}))
     dm.setup("fit")
     sampler = PeakMemory()
     sampler.start()
@@ -398,8 +396,8 @@ def copy_shards(src: Path, dst: Path) -> Path:
     reads the same files even if the demo is rebuilt meanwhile."""
     for split in ("train", "val"):
         (dst / split).mkdir(parents=True)
-        paths, _ = read_split(src, split)
-        for path in [*paths, src / split / "sizes.json"]:
+        paths, _ = resolve_split(str(src), split)
+        for path in [*map(Path, paths), src / split / "sizes.json"]:
             shutil.copyfile(path, dst / split / path.name)
     return dst
 
@@ -410,7 +408,7 @@ def prepare(args, tmp: Path) -> tuple:
     cfg = compose_train_cfg(args, tmp / "compose")
     dm = hydra.utils.instantiate(cfg.data)
     dm.prepare_data()
-    shards = copy_shards(dm.root, tmp / "shards")
+    shards = copy_shards(Path(cfg.data.shards), tmp / "shards")
     data_yaml = export_yolo_dataset(shards, tmp / "yolo")
     plain = OmegaConf.to_container(cfg, resolve=True)
     return shards, data_yaml, plain["data"], plain["hyp"], plain["model"]
@@ -476,10 +474,10 @@ def training_lines(args, runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def memory_lines(args, tmp: Path, shards: Path, data_cfg: dict, hyp: dict) -> list[str]:
+def memory_lines(args, tmp: Path, shards: Path, data_cfg: dict) -> list[str]:
     many = replicate_shards(shards, tmp / f"shards_x{args.mem_factor}", args.mem_factor)
-    chunk = read_split(shards, "train")[1] // args.batch  # the demo's batches per epoch
-    base, big = (isolated(loader_peak_memory, data_cfg, hyp, root, args.mem_batches, chunk)
+    chunk = resolve_split(str(shards), "train")[1] // args.batch  # the demo's batches per epoch
+    base, big = (isolated(loader_peak_memory, data_cfg, root, args.mem_batches, chunk)
                  for root in (shards, many))
     lines = [f"3. loader memory: {args.mem_batches} training batches ({chunk} per fresh loader), "
              f"{args.workers} workers; peak summed over main + workers"]
@@ -511,7 +509,7 @@ def main() -> None:
         clock.append(("prepare", time.perf_counter()))
         lines = training_lines(args, bench_training(args, tmp, shards, data_yaml, hyp, model_cfg))
         clock.append(("training runs", time.perf_counter()))
-        lines += memory_lines(args, tmp, shards, data_cfg, hyp)
+        lines += memory_lines(args, tmp, shards, data_cfg)
         clock.append(("memory", time.perf_counter()))
     lines += flops_lines(args, model_cfg)
     clock.append(("flops", time.perf_counter()))

@@ -41,6 +41,11 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 BYTES_PER_PIXEL_LIMIT = 8  # a file larger than 8 bytes per allowed pixel is refused unread
 
 
+# simplejpeg reports bad data as ValueError, and some truncated headers as KeyError (seen here
+# on a JPEG cut to 50 bytes)
+JPEG_ERRORS = (ValueError, KeyError, IndexError)
+
+
 class ImageReadError(ValueError):
     """An image that cannot be used. ``reason`` is a short stable key (the converter counts
     skips by it): ``unreadable``, ``not_an_image``, ``too_many_pixels``, ``corrupt_image``."""
@@ -59,7 +64,7 @@ def image_header(data: bytes, name: str = "image") -> tuple[int, int, str, int]:
     if data[:3] == JPEG_MAGIC:
         try:
             height, width = simplejpeg.decode_jpeg_header(data, strict=False)[:2]
-        except ValueError as exc:
+        except JPEG_ERRORS as exc:
             raise ImageReadError("corrupt_image", f"{name}: bad JPEG header ({exc})") from exc
         fmt, orientation = "JPEG", _orientation(data)
     else:
@@ -127,13 +132,13 @@ def decode_image(data: bytes, max_pixels: int, *, name: str = "image", color: st
 def _decode_jpeg(data: bytes, name: str, color: str, corrupt: str) -> np.ndarray:
     try:
         return simplejpeg.decode_jpeg(data, colorspace=color.upper(), strict=True)
-    except ValueError as exc:
+    except JPEG_ERRORS as exc:
         if corrupt == "error":
             raise ImageReadError("corrupt_image", f"{name}: corrupt JPEG ({exc})") from exc
         log.warning("%s: corrupt JPEG (%s); using what decodes", name, exc)
     try:
         return simplejpeg.decode_jpeg(data, colorspace=color.upper(), strict=False)
-    except ValueError as exc:
+    except JPEG_ERRORS as exc:
         raise ImageReadError("corrupt_image", f"{name}: undecodable JPEG ({exc})") from exc
 
 

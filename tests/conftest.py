@@ -55,3 +55,36 @@ def demo_shards(demo_tars, tmp_path_factory) -> Path:
     run_conversion(sources, opts, out, workers=1)
     finalize(out, sources, opts)
     return out
+
+
+@pytest.fixture
+def http_folder():
+    """Serve folders over HTTP on 127.0.0.1 (python's http.server in a thread):
+    ``url, requests = http_folder(path)``; ``requests`` collects the requested paths."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def serve(folder: Path) -> tuple[str, list[str]]:
+        requests: list[str] = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                     functools.partial(Handler, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", requests
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

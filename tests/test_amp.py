@@ -27,7 +27,7 @@ def one_step(shards, precision_plugin=None) -> tuple[dict, dict, FastSAMModule]:
     module = FastSAMModule(MODEL, HYP, overlay_samples=0)
     before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
     data = ShardDataModule(str(shards), imgsz=96, batch_size=4, num_workers=0, seed=0,
-                           max_val_images=0)
+                           max_val_images=0, hyp=HYP)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1,
                         limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,

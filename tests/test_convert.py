@@ -23,8 +23,8 @@ from pycocotools import mask as mask_utils
 from data_tools.convert_sa1b import convert
 from data_tools.render_shard import render
 from fastsam_train.data.demo import sa1b_record, synth_image
+from fastsam_train.data.labels import parse_label
 from fastsam_train.data.polygons import mask_iou, polygon_to_mask, resize_mask
-from fastsam_train.data.render import parse_label
 from fastsam_train.data.shards import iter_shard
 
 REPO = Path(__file__).resolve().parents[1]

@@ -228,7 +228,7 @@ def test_real_training_run_outputs_load(tmp_path):
     run = tmp_path / "run"
     subprocess.run([sys.executable, str(REPO / "train.py"), "trainer.max_epochs=1",
                     "data.imgsz=64", f"hydra.run.dir={run}",
-                    f"data.shards={tmp_path / 'demo' / 'shards'}", "~callbacks.progress"],
+                    f"data.make_demo.shards={tmp_path / 'demo' / 'shards'}", "~callbacks.progress"],
                    cwd=REPO, check=True, capture_output=True)
     torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     a = Predictor.from_weights(run / "checkpoints" / "last.ckpt", imgsz=64, conf=0.001)

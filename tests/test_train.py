@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fastsam_train import ultra
+from fastsam_train.data.shards import ShardWriter, iter_shard
 from fastsam_train.train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +29,9 @@ SMALL = ["data.imgsz=128", "data.batch_size=4", "data.make_demo.images_per_tar=2
 
 def compose_train(out: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={out}",
-                                           f"data.shards={out.parent / 'demo' / 'shards'}",
-                                           *overrides])
+        return compose("train", overrides=[
+            f"paths.output_dir={out}",
+            f"data.make_demo.shards={out.parent / 'demo' / 'shards'}", *overrides])
 
 
 def val_rows(run_dir: Path) -> list[dict]:
@@ -39,7 +43,7 @@ def val_rows(run_dir: Path) -> list[dict]:
 
 def run_cli(run_dir: Path, *overrides: str, wait: bool = True):
     args = [sys.executable, str(REPO / "train.py"), f"hydra.run.dir={run_dir}",
-            f"data.shards={run_dir.parent / 'demo' / 'shards'}", *SMALL, *overrides]
+            f"data.make_demo.shards={run_dir.parent / 'demo' / 'shards'}", *SMALL, *overrides]
     if not wait:
         return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -145,9 +149,108 @@ def test_nonfinite_loss_stops_with_the_batch_or_is_skipped(tmp_path, monkeypatch
 
 
 def test_missing_shards_fail_clearly(tmp_path):
-    cfg = compose_train(tmp_path / "run", "data.make_demo=null", "~callbacks.progress")
+    cfg = compose_train(tmp_path / "run", f"data.shards={tmp_path / 'nothing'}",
+                        "data.make_demo=null", "~callbacks.progress")
     with pytest.raises(FileNotFoundError, match="no train shards"):
         train(cfg)
     cfg = compose_train(tmp_path / "run", "ckpt_path=last", *SMALL)
     with pytest.raises(FileNotFoundError, match="checkpoint to resume"):
         train(cfg)
+
+
+def tree(folder: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("layout", ["mistyped", "empty_beside_sa1b"])
+def test_wrong_shard_path_never_builds_or_converts(tmp_path, layout):
+    """With data=demo, a shard path other than the demo's own folder fails at once, naming
+    it, even with real-looking SA-1B tars in <shards>/../sa1b: nothing built or converted."""
+    from fastsam_train.data.demo import make_demo_sa1b
+
+    data = tmp_path / "data"
+    shards = data / ("shrads" if layout == "mistyped" else "shards")
+    if layout == "empty_beside_sa1b":
+        shards.mkdir(parents=True)
+        make_demo_sa1b(data / "sa1b", num_tars=2, images_per_tar=2, height=64, width=64)
+    before = tree(tmp_path)
+    cfg = compose_train(tmp_path / "run", f"data.shards={shards}", "~callbacks.progress")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no train shards at {shards}/train")
+                       + ".*demo data is built only at data.make_demo.shards="):
+        train(cfg)
+    assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("run")} == before
+
+
+def test_training_reads_shards_over_http(demo_shards, http_folder, tmp_path):
+    """data.shards as a URL: sizes.json and every shard fetched from a local HTTP server."""
+    url, requests = http_folder(demo_shards)
+    metrics = train(compose_train(tmp_path / "run", f"data.shards={url}", "data.make_demo=null",
+                                  "data.imgsz=64", "data.batch_size=2", "trainer.max_epochs=1",
+                                  "export=false", "~callbacks.progress"))
+    assert np.isfinite(metrics["train/loss"]) and "val/ar_100" in metrics
+    names = {split: json.loads((demo_shards / split / "sizes.json").read_text())
+             for split in ("train", "val")}
+    assert {f"/{s}/{n}" for s in names for n in names[s]} <= set(requests)
+    assert {"/train/sizes.json", "/val/sizes.json"} <= set(requests)
+
+
+def bad_dataset(demo_shards: Path, out: Path, kind: str) -> Path:
+    """``demo_shards`` with every label NaN (``kind="nan"``) or every shard random bytes."""
+    for split in ("train", "val"):
+        (out / split).mkdir(parents=True)
+        shutil.copy(demo_shards / split / "sizes.json", out / split / "sizes.json")
+        for i, name in enumerate(json.loads((out / split / "sizes.json").read_text())):
+            if kind == "garbage":
+                (out / split / name).write_bytes(np.random.default_rng(i).bytes(4000))
+                continue
+            writer = ShardWriter(out / split / "tmp", 10**6)
+            for sample in iter_shard(demo_shards / split / name):
+                writer.write({**sample, "txt": b"0 nan nan nan nan nan nan\n"})
+            writer.close()
+            (out / split / "tmp-000000.tar").rename(out / split / name)
+    return out
+
+
+def test_garbage_shards_stop_the_run_with_one_error(demo_shards, tmp_path):
+    shards = bad_dataset(demo_shards, tmp_path / "garbage", "garbage")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
+         f"data.shards={shards}", "data.make_demo=null", "data.max_consecutive_skips=40",
+         "data.imgsz=64", "data.batch_size=2", "~callbacks.progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1
+    assert "NoUsableSamples" in done.stderr
+    assert "no usable sample in the last 40 tries" in done.stderr
+    assert "unreadable_tar" in done.stderr
+
+
+def test_sigterm_stops_a_run_that_skips_bad_data(demo_shards, tmp_path):
+    """All labels NaN and no skip limit in reach: SIGTERM to the trainer still ends the run
+    (its loader workers, skipping, stop through the datamodule's stop event)."""
+    import psutil
+
+    shards = bad_dataset(demo_shards, tmp_path / "nan", "nan")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
+             f"data.shards={shards}", "data.make_demo=null",
+             "data.max_consecutive_skips=1000000000", "data.imgsz=64", "data.batch_size=2",
+             "~callbacks.progress"],
+            cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while "label_not_finite" not in log.read_text() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "no loader workers"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "StopRequested" in log.read_text() and "trainer is stopping" in log.read_text()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive

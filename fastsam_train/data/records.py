@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fastsam_train.data.labels import label_line
 from fastsam_train.data.polygons import MULTIPART_MODES, RLETotalError, rle_to_polygon
 from fastsam_train.data.sa1b import RawPair, parse_meta
 from fastsam_train.images import ImageReadError
@@ -137,12 +138,6 @@ def annotation_skip(ann: object, hw: tuple[int, int], opts: RecordOptions) -> st
     if ann["stability_score"] < opts.min_stability_score:
         return "below_stability_score"
     return None
-
-
-def label_line(polygon: np.ndarray, size: tuple[int, int]) -> str:
-    """``0 x1 y1 ...`` with coordinates normalised by (w, h) of ``size=(h, w)``."""
-    norm = (polygon / np.array([size[1], size[0]], dtype=np.float32)).reshape(-1)
-    return "0 " + " ".join(["%.6f"] * norm.size) % tuple(norm.tolist())
 
 
 def instance_meta(ann: dict, scale: tuple[float, float]) -> dict:

@@ -7,14 +7,7 @@ import colorsys
 import cv2
 import numpy as np
 
-
-def parse_label(text: str, size: tuple[int, int]) -> list[np.ndarray]:
-    """YOLO-seg label text -> polygons (K, 2) in pixels of an image of ``size=(h, w)``."""
-    polygons = []
-    for line in text.strip().splitlines():
-        values = np.array(line.split()[1:], dtype=np.float32).reshape(-1, 2)
-        polygons.append(values * np.array([size[1], size[0]], dtype=np.float32))
-    return polygons
+from fastsam_train.data.labels import parse_label
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:

@@ -1,19 +1,21 @@
-"""Webdataset tar shards written atomically and byte-for-byte reproducibly.
+"""Webdataset tar shards, written atomically and byte-for-byte reproducibly.
 
-webdataset's ``TarWriter`` stamps members with the current time, so two runs never give equal
-files; this writer fixes every header field, which lets a resumed conversion be checked for
-equality with an uninterrupted one. A shard is written to ``<name>.tmp`` and renamed into place
-only when complete, so a reader (or a rerun) never sees a partial shard under its final name.
+Shards are written with webdataset's ``TarWriter`` with every header field fixed (mtime 0, no
+owner names, mode 0444), so equal input gives equal bytes whatever the time or user, which
+lets a resumed conversion be checked for equality with an uninterrupted one. A shard is written
+to ``.<name>.tmp<pid>`` and renamed into place only when complete, so a reader (or a rerun)
+never sees a partial shard under its final name.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+import webdataset as wds
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -31,18 +33,11 @@ def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info, io.BytesIO(data)
-
-
 class ShardWriter:
     """Write samples (dicts of ``ext -> bytes`` plus ``__key__``) into numbered shards.
 
-    Shard i of prefix P is ``P-{i:06d}.tar``; ``written`` lists ``(shard name, count)``.
+    Shard i of prefix P is ``P-{i:06d}.tar``; ``written`` lists ``(shard name, count)``. Each
+    shard is webdataset's ``TarWriter`` on a temp file, renamed into place once complete.
     """
 
     def __init__(self, prefix: Path, samples_per_shard: int):
@@ -50,16 +45,15 @@ class ShardWriter:
             raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         self.prefix, self.limit = prefix, samples_per_shard
         self.written: list[tuple[str, int]] = []
-        self._tar: tarfile.TarFile | None = None
+        self._tar: wds.TarWriter | None = None
+        self._file: BinaryIO | None = None
         self._tmp: Path | None = None
         self._count = 0
 
     def write(self, sample: dict[str, bytes | str]) -> None:
         if self._tar is None:
             self._open()
-        key = sample["__key__"]
-        for ext in sorted(k for k in sample if k != "__key__"):
-            self._tar.addfile(*_member(f"{key}.{ext}", sample[ext]))
+        self._tar.write(sample)
         self._count += 1
         if self._count >= self.limit:
             self._close()
@@ -72,34 +66,28 @@ class ShardWriter:
         final = self._final(len(self.written))
         final.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in _close)
+        # every header field fixed (time, owner, mode): equal input gives equal bytes
+        self._tar = wds.TarWriter(self._file, user="", group="", mode=0o444, mtime=0,
+                                  encoder=False)
         self._count = 0
 
     def _close(self) -> None:
-        self._tar.close()
-        with open(self._tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        self._tar.close()  # ends the archive; the file is ours to sync and close
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         final = self._final(len(self.written))
         os.replace(self._tmp, final)
         self.written.append((final.name, self._count))
-        self._tar = None
+        self._tar = self._file = None
 
     def _final(self, index: int) -> Path:
         return self.prefix.with_name(f"{self.prefix.name}-{index:06d}.tar")
 
 
-def iter_shard(path: Path) -> Iterator[dict[str, bytes | str]]:
-    """Yield samples of one shard as ``{"__key__": key, ext: bytes, ...}`` in stored order."""
-    sample: dict[str, bytes | str] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = member.name.split(".", 1)
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample["__key__"] = key
-            sample[ext] = tar.extractfile(member).read()
-    if sample:
-        yield sample
+def iter_shard(path: Path | str) -> Iterator[dict[str, bytes | str]]:
+    """Yield samples of one shard (a path or webdataset URL) as ``{"__key__": key, ext: bytes,
+    ...}`` in stored order, read by webdataset's tar stages; errors are raised."""
+    for sample in wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples()):
+        yield {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}

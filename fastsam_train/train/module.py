@@ -78,9 +78,6 @@ class FastSAMModule(L.LightningModule):
         if self._ema_state is not None:
             self.ema.ema.load_state_dict(self._ema_state["weights"])
             self.ema.updates = self._ema_state["updates"]
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "set_hyperparameters"):
-            dm.set_hyperparameters(self.hyp)
 
     def global_batch(self) -> int:
         return self.trainer.datamodule.batch_size * self.trainer.world_size
@@ -111,9 +108,6 @@ class FastSAMModule(L.LightningModule):
 
     # ---- training ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "sync_epoch"):
-            dm.sync_epoch()
         self._tick = None
 
     def set_lr(self, optimizer, ni: int, nw: int) -> None:
