@@ -127,7 +127,8 @@ class ShardStream(IterableDataset):
             produced += 1
             if produced <= skip:
                 continue
-            labels = ultra.label_dict(image, polygons, self.cfg.imgsz, im_file=key)
+            labels = ultra.label_dict(image, polygons, self.cfg.imgsz, im_file=key,
+                                      rule=getattr(self.cfg.hyp, "augment_rule", "v8_4"))
             out = transforms(buffer.push(labels) if buffer is not None else labels)
             out["skipped"] = skipped
             yield out
