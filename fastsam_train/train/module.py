@@ -33,7 +33,7 @@ class FastSAMModule(L.LightningModule):
         model: ``arch``, ``scale`` (n/s/m/l/x), ``nc`` (1), ``reg_max`` (26 for FastSAM),
             ``prototypes`` (mask prototypes, 32).
         hyp: ultralytics hyperparameters (lr0, lrf, momentum, ..., augmentations), the rules
-            (``loss_rule``, ``optimizer_rule``, ``warmup_rule``, ``augment_rule``: "v8_0_120"
+            (``loss_rule``, ``optimizer_rule``, ``schedule_rule``, ``augment_rule``: "v8_0_120"
             for FastSAM's trainer, "v8_4" for the installed ultralytics) plus grad_clip,
             ema_decay, ema_tau.
         init_weights: ultralytics-format .pt to initialise from (needs ``allow_pickle``).
@@ -90,7 +90,7 @@ class FastSAMModule(L.LightningModule):
     def accumulate(self, ni: int, nw: int) -> int:
         """Batches per optimizer step: ramps 1 -> nbs / batch during warmup, as ultralytics."""
         return ultra.accumulate_steps(ni, nw, self.hyp.nbs, self.global_batch(),
-                                      self.hyp.warmup_rule)
+                                      self.hyp.schedule_rule)
 
     def configure_optimizers(self):
         accumulate = max(round(self.hyp.nbs / self.global_batch()), 1)
@@ -116,6 +116,8 @@ class FastSAMModule(L.LightningModule):
         if dm is not None and hasattr(dm, "sync_epoch"):
             dm.sync_epoch()
         self._tick = None
+        if self.hyp.schedule_rule == "v8_0_120":  # 8.0.120 drops pending gradients each epoch
+            self.optimizers().zero_grad(set_to_none=True)
 
     def set_lr(self, optimizer, ni: int, nw: int) -> None:
         factor = ultra.lr_factor(self.current_epoch, self.trainer.max_epochs, self.hyp.lrf,
@@ -129,7 +131,7 @@ class FastSAMModule(L.LightningModule):
         nb = self.trainer.num_training_batches
         ni = batch_idx + nb * self.current_epoch
         nw = ultra.warmup_iterations(self.hyp.warmup_epochs, self.trainer.max_epochs, nb,
-                                     self.hyp.warmup_rule)
+                                     self.hyp.schedule_rule)
         if ni <= self.last_batch_done:  # Lightning replays the batch a mid-epoch ckpt was saved at
             return None
         self.last_batch_done = ni

@@ -75,7 +75,7 @@ EMA_ATTRS = ("yaml", "nc", "args", "names", "stride")  # copied by ema.update_at
 
 
 RULES = ("v8_0_120", "v8_4")  # whose semantics: 8.0.120 (FastSAM's trainer) or the installed 8.4
-RULE_KEYS = ("loss_rule", "optimizer_rule", "warmup_rule", "augment_rule")  # all default "v8_4"
+RULE_KEYS = ("loss_rule", "optimizer_rule", "schedule_rule", "augment_rule")  # all default "v8_4"
 
 
 # --- model, hyperparameters, loss ---------------------------------------------------------------
