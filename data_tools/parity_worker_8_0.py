@@ -128,7 +128,14 @@ def run_train(inputs: dict, spec: dict, out: Path) -> None:
             return FixedLoader(batches, t["nb"], t["dataset_size"])
 
         def setup_model(self):
-            self.model = build_model(weights(inputs), {"overlap_mask": False})
+            self.model = build_model(weights(inputs), {"overlap_mask": False}).double()
+
+        def preprocess_batch(self, batch):
+            # float64, as Lightning's precision="64-true" runs ours: every floating input in
+            # float64 and float64 as the default dtype (set below)
+            batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+            batch["img"] = batch["img"].double() / 255
+            return batch
 
         def get_validator(self):
             self.loss_names = "box_loss", "seg_loss", "cls_loss", "dfl_loss"
@@ -162,7 +169,9 @@ def run_train(inputs: dict, spec: dict, out: Path) -> None:
                                    if v.dtype.is_floating_point])
 
     trainer.add_callback("on_train_batch_end", on_batch_end)
+    torch.set_default_dtype(torch.float64)
     trainer.train()
+    torch.set_default_dtype(torch.float32)
     state = {f"model/{k}": v.numpy() for k, v in trainer.model.state_dict().items()}
     state.update({f"ema/{k}": v.numpy() for k, v in trainer.ema.ema.state_dict().items()})
     np.savez(out / "theirs_train.npz", fp=np.array(record["fp"]), lr=np.array(record["lr"]),

@@ -136,7 +136,7 @@ class FastSAMModule(L.LightningModule):
             return None
         self.last_batch_done = ni
         self.set_lr(optimizer.optimizer, ni, nw)
-        imgs = batch["img"].float() / 255
+        imgs = batch["img"].to(self.dtype) / 255  # the model's dtype (float32; 64-true: float64)
         loss, items = self.loss_fn(self.model(imgs), batch)
         if not torch.isfinite(loss):
             self._nonfinite(loss, batch, batch_idx)
@@ -195,7 +195,7 @@ class FastSAMModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         model = self.ema.ema if self.ema is not None else self.model
         model.eval()
-        imgs = batch["img"].float() / 255
+        imgs = batch["img"].to(self.dtype) / 255  # the model's dtype (float32; 64-true: float64)
         with torch.no_grad():
             (raw, proto), train_preds = model(imgs)
             if self.loss_fn is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -13,9 +14,13 @@ log = logging.getLogger(__name__)
 
 def configured_value(cfg: DictConfig, key: str):
     """The composed config's value at dotted ``key``; ``global_batch`` is data.batch_size x
-    trainer.devices x trainer.num_nodes. Raises KeyError for a key the config does not have."""
+    trainer.devices x trainer.num_nodes; ``precision`` is trainer.precision or, when a precision
+    plugin sets it (trainer=gpu_sim), the plugin's. KeyError for a key the config lacks."""
     if key == "global_batch":
         return cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes
+    if key == "precision":
+        plugins = [p for p in cfg.trainer.get("plugins") or [] if "precision" in p]
+        return plugins[0].precision if plugins else cfg.trainer.precision
     missing = object()
     value = OmegaConf.select(cfg, key, default=missing)
     if value is missing:
@@ -45,8 +50,10 @@ def departures(cfg: DictConfig) -> list[str]:
 
 
 def log_departures(cfg: DictConfig) -> list[str]:
-    """``departures`` logged as warnings (one line each) and returned."""
+    """``departures`` logged as warnings (one line each, on global rank 0 only) and returned."""
     lines = departures(cfg)
+    if rank_zero_only.rank != 0:
+        return lines
     for line in lines:
         log.warning(line)
     if cfg.get("recipe") and not lines:
