@@ -107,6 +107,11 @@ class FixedLoader:
 
 
 def run_train(inputs: dict, spec: dict, out: Path) -> None:
+    for run, overrides in spec["train_runs"].items():
+        train_once(inputs, spec, out / f"theirs_train_{run}.npz", overrides)
+
+
+def train_once(inputs: dict, spec: dict, path: Path, hyp_overrides: dict) -> None:
     from ultralytics.yolo.engine import trainer as trainer_module
     from ultralytics.yolo.v8.segment.train import SegmentationTrainer
 
@@ -154,8 +159,9 @@ def run_train(inputs: dict, spec: dict, out: Path) -> None:
                  "batch": t["batch"], "imgsz": t["imgsz"], "device": "cpu", "workers": 0,
                  "amp": False, "plots": False, "val": False, "overlap_mask": False,
                  "nbs": t["nbs"], "warmup_epochs": t["warmup_epochs"], "optimizer": "auto",
-                 "close_mosaic": 0, "project": str(out / "runs"), "name": "train",
-                 "exist_ok": True, "seed": 0, "deterministic": False, "verbose": False}
+                 "close_mosaic": 0, "project": str(path.parent / "runs"), "name": path.stem,
+                 "exist_ok": True, "seed": 0, "deterministic": False, "verbose": False,
+                 **hyp_overrides}
     trainer = Fixed(overrides=overrides)
 
     def on_batch_end(tr):
@@ -174,7 +180,7 @@ def run_train(inputs: dict, spec: dict, out: Path) -> None:
     torch.set_default_dtype(torch.float32)
     state = {f"model/{k}": v.numpy() for k, v in trainer.model.state_dict().items()}
     state.update({f"ema/{k}": v.numpy() for k, v in trainer.ema.ema.state_dict().items()})
-    np.savez(out / "theirs_train.npz", fp=np.array(record["fp"]), lr=np.array(record["lr"]),
+    np.savez(path, fp=np.array(record["fp"]), lr=np.array(record["lr"]),
              momentum=np.array(record["momentum"]), loss=np.array(record["loss"]),
              keys=np.array(record["keys"]), ema_updates=trainer.ema.updates,
              optimizer=type(trainer.optimizer).__name__,
@@ -236,23 +242,40 @@ def run_pipeline(inputs: dict, spec: dict, out: Path) -> None:
                                                       mask_ratio=4, mask_overlap=False)])
     random.seed(p["seed"])
     np.random.seed(p["seed"])
-    rows, digests, kept = [], [], []  # rows: per draw (instances, widths, heights, areas)
+    rows, digests, kept, means = [], [], [], []  # rows: (instances, widths, heights, areas)
     for i in range(p["draws"]):
         image, polygons, name = samples[i % len(samples)]
         dataset.items.append(label(image, polygons, name))
         result = transforms(dataset.get_image_and_label(len(dataset.items) - 1))
         rows.append(summary(result))
-        digests.append(digest(result["img"].numpy(), result["masks"].numpy(),
-                              result["bboxes"].numpy()))
+        digests.append(digest(result["masks"].numpy(), result["bboxes"].numpy()))
+        means.append(result["img"].numpy().reshape(3, -1).mean(1))
         if i < p["keep"]:
             kept.append(result)
     batch = YOLODataset.collate_fn(kept[:4])
     keys = {k: [str(v.dtype), list(v.shape)] if torch.is_tensor(v) else type(v).__name__
             for k, v in batch.items()}
     np.savez(out / "theirs_pipeline.npz", digests=np.array(digests), keys=json.dumps(keys),
+             image_means=np.array(means), **opencv_probe(),
              **flatten_rows(rows),
              **{f"kept{i}_{k}": r[k].numpy() for i, r in enumerate(kept)
                 for k in ("img", "masks", "bboxes")})
+
+
+def opencv_probe() -> dict:
+    """The two OpenCV image operations of the chain on a fixed input: warpAffine and the
+    BGR -> HSV -> LUT -> BGR round trip (OpenCV builds differ here; masks use neither)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), (5, 5), 0)
+    m = np.array([[0.83, 0.0, -40.3], [0.0, 0.83, -35.7]], np.float32)
+    warped = cv2.warpAffine(img, m, dsize=(128, 128), borderValue=(114, 114, 114))
+    lut = np.stack([(np.arange(256) * 1.01) % 180, np.clip(np.arange(256) * 0.8, 0, 255),
+                    np.clip(np.arange(256) * 1.2, 0, 255)], -1).astype(np.uint8)
+    hsv = cv2.cvtColor(cv2.LUT(cv2.cvtColor(warped, cv2.COLOR_BGR2HSV), lut.reshape(1, 256, 3)),
+                       cv2.COLOR_HSV2BGR)
+    return {"probe_warp": warped, "probe_hsv": hsv, "opencv": cv2.__version__}
 
 
 def summary(result: dict) -> tuple:
