@@ -297,9 +297,10 @@ def polygon_masks(segments: np.ndarray, height: int, width: int, ratio: int) -> 
         return polygons2masks((height, width), segments, color=1, downsample_ratio=ratio)
     out = np.zeros((len(segments), height // ratio, width // ratio), np.uint8)
     points = np.asarray(segments, dtype=np.float32).astype(np.int32)
+    low = np.maximum((points.min(1) // ratio - 1) * ratio, 0).tolist()
+    high = np.minimum((points.max(1) // ratio + 2) * ratio, (width, height)).tolist()
     for i, poly in enumerate(points):
-        x0, y0 = np.maximum((poly.min(0) // ratio - 1) * ratio, 0)
-        x1, y1 = np.minimum((poly.max(0) // ratio + 2) * ratio, (width, height))
+        (x0, y0), (x1, y1) = low[i], high[i]
         if x1 <= x0 or y1 <= y0:
             continue
         crop = np.zeros((y1 - y0, x1 - x0), np.uint8)
