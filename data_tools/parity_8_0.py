@@ -276,21 +276,22 @@ def our_pipeline(samples: list[tuple], draws: int | None = None) -> dict:
               for i, (img, polys) in enumerate(samples)]
     random.seed(p["seed"])
     np.random.seed(p["seed"])
-    rows, digests, kept, means = [], [], [], []
+    rows, digests, kept, means, box_sums = [], [], [], [], []
     for i in range(draws):
         result = transforms(buffer.push(_copy_labels(labels[i % len(labels)])))
         boxes = result["bboxes"].numpy()
         rows.append((len(boxes), boxes[:, 2].copy(), boxes[:, 3].copy(),
                      result["masks"].numpy().reshape(len(boxes), -1).sum(1)))
-        digests.append(_digest(result["masks"].numpy(), boxes))
+        digests.append(_digest(result["masks"].numpy()))
         means.append(result["img"].numpy().reshape(3, -1).mean(1))
+        box_sums.append(boxes.astype(np.float64).sum(0))
         if i < p["keep"]:
             kept.append(result)
     batch = ultra.collate(kept[:4])
     keys = {k: [str(v.dtype), list(v.shape)] if torch.is_tensor(v) else type(v).__name__
             for k, v in batch.items()}
     return {"digests": np.array(digests), "keys": keys, "kept": kept,
-            "image_means": np.array(means), **_flatten(rows)}
+            "image_means": np.array(means), "box_sums": np.array(box_sums), **_flatten(rows)}
 
 
 def _copy_labels(labels: dict) -> dict:
@@ -402,6 +403,7 @@ def stats(d: dict) -> dict:
 
 
 IMAGE_MEAN_TOL = 1.0  # grey levels: OpenCV 4.11 (8.0.120's venv) and ours round differently
+BOX_TOL = 1e-5  # relative, per-draw box sums: BLAS kernels may round the warped points apart
 
 
 def check_pipeline(ours: dict, theirs: dict) -> tuple[bool, list[str]]:
@@ -413,6 +415,7 @@ def check_pipeline(ours: dict, theirs: dict) -> tuple[bool, list[str]]:
 
     n = len(ours["digests"])
     same = ours["digests"] == theirs["digests"][:n]
+    box_diff = rel(ours["box_sums"], theirs["box_sums"][:n]).max()
     mean_diff = np.abs(ours["image_means"] - theirs["image_means"][:n]).max()
     theirs_keys = json.loads(str(theirs["keys"]))
     read = ("img", "batch_idx", "cls", "bboxes", "masks")
@@ -425,7 +428,8 @@ def check_pipeline(ours: dict, theirs: dict) -> tuple[bool, list[str]]:
     probe_lines = [f"{k[6:]} max {np.abs(probe[k].astype(int) - theirs[k]).max()} on "
                    f"{(probe[k] != theirs[k]).mean():.0%} of values" for k in ("probe_warp",
                                                                               "probe_hsv")]
-    lines = [f"  {int(same.sum())}/{n} draws with identical masks and boxes"
+    lines = [f"  {int(same.sum())}/{n} draws with identical masks; boxes within {box_diff:.1e} "
+             f"(per-draw sums; tolerance {BOX_TOL:g}: float32 rounding of the warp)"
              + ("" if same.all() else f"; first differing draw {int(np.argmin(same))}")
              + f"; instances per image identical: {np.array_equal(a['counts'], b['counts'])}",
              f"  images: channel means within {mean_diff:.3f} grey levels over {n} draws "
@@ -440,7 +444,8 @@ def check_pipeline(ours: dict, theirs: dict) -> tuple[bool, list[str]]:
              f"{ {k: ours['keys'].get(k) for k in read} }",
              f"  other keys: ours {sorted(set(ours['keys']) - set(read))}, 8.0.120 "
              f"{sorted(set(theirs_keys) - set(read))}"]
-    return bool(same.all() and keys_ok and mean_diff <= IMAGE_MEAN_TOL), lines
+    ok = same.all() and box_diff <= BOX_TOL and keys_ok and mean_diff <= IMAGE_MEAN_TOL
+    return bool(ok), lines
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -483,7 +488,8 @@ def write_goldens(theirs: dict[str, dict], folder: Path) -> None:
     if "pipeline" in theirs:
         p = theirs["pipeline"]
         np.savez_compressed(folder / "pipeline.npz", **{k: p[k] for k in (
-            "digests", "keys", "counts", "widths", "heights", "areas", "image_means")})
+            "digests", "keys", "counts", "widths", "heights", "areas", "image_means",
+            "box_sums")})
     (folder / "spec.json").write_text(json.dumps(SPEC, indent=1) + "\n")
 
 

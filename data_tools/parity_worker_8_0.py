@@ -242,13 +242,14 @@ def run_pipeline(inputs: dict, spec: dict, out: Path) -> None:
                                                       mask_ratio=4, mask_overlap=False)])
     random.seed(p["seed"])
     np.random.seed(p["seed"])
-    rows, digests, kept, means = [], [], [], []  # rows: (instances, widths, heights, areas)
+    rows, digests, kept, means, box_sums = [], [], [], [], []  # rows: (n, w, h, areas)
     for i in range(p["draws"]):
         image, polygons, name = samples[i % len(samples)]
         dataset.items.append(label(image, polygons, name))
         result = transforms(dataset.get_image_and_label(len(dataset.items) - 1))
         rows.append(summary(result))
-        digests.append(digest(result["masks"].numpy(), result["bboxes"].numpy()))
+        digests.append(digest(result["masks"].numpy()))
+        box_sums.append(result["bboxes"].numpy().astype(np.float64).sum(0))
         means.append(result["img"].numpy().reshape(3, -1).mean(1))
         if i < p["keep"]:
             kept.append(result)
@@ -256,7 +257,7 @@ def run_pipeline(inputs: dict, spec: dict, out: Path) -> None:
     keys = {k: [str(v.dtype), list(v.shape)] if torch.is_tensor(v) else type(v).__name__
             for k, v in batch.items()}
     np.savez(out / "theirs_pipeline.npz", digests=np.array(digests), keys=json.dumps(keys),
-             image_means=np.array(means), **opencv_probe(),
+             image_means=np.array(means), box_sums=np.array(box_sums), **opencv_probe(),
              **flatten_rows(rows),
              **{f"kept{i}_{k}": r[k].numpy() for i, r in enumerate(kept)
                 for k in ("img", "masks", "bboxes")})

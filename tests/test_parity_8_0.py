@@ -80,13 +80,14 @@ def test_120_batches_weights_and_ema_equal_8_0_120(inputs):
 
 def test_augmentations_equal_8_0_120(inputs):
     """8.0.120's chain (mosaic, affine, HSV, flips, Format with overlap_mask False) and ours:
-    the same masks and boxes draw after draw (so the same random draws), images equal up to
-    OpenCV's rounding, and the same batch keys, dtypes and shapes."""
+    the same masks draw after draw (so the same random draws), boxes up to float32 rounding,
+    images up to OpenCV's rounding, and the same batch keys, dtypes and shapes."""
     g = golden("pipeline")
     draws = 300
     ours = harness.our_pipeline(inputs["samples"], draws=draws)
     same = ours["digests"] == g["digests"][:draws]
-    assert same.all(), f"first differing draw {int(np.argmin(same))}"
+    assert same.all(), f"first draw with other masks {int(np.argmin(same))}"
+    assert harness.rel(ours["box_sums"], g["box_sums"][:draws]).max() <= harness.BOX_TOL
     keys = json.loads(str(g["keys"]))
     for key in ("img", "batch_idx", "cls", "bboxes", "masks"):
         assert ours["keys"][key] == keys[key], key

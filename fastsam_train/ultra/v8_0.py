@@ -147,10 +147,11 @@ def reresample(segments: np.ndarray) -> np.ndarray:
 
 
 def warp_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """(..., 2) float32 points through the 3x3 float32 matrix ``m``, as 8.0.120 computes it
-    (homogeneous rows ``[x, y, 1] @ m.T`` divided by the third coordinate). For an affine ``m``
-    (last row exactly 0, 0, 1) the same float32 sums are formed directly, ~15x faster than
-    numpy's matmul of an (n, 3) array (equal bit for bit; checked in the tests)."""
+    """(..., 2) float32 points through the 3x3 float32 matrix ``m``: 8.0.120's homogeneous
+    ``[x, y, 1] @ m.T`` divided by the third coordinate. For an affine ``m`` (last row exactly
+    0, 0, 1) the float32 sums are formed directly, ~15x faster than numpy's matmul of an (n, 3)
+    array; both are float32 sums of the same three products, equal up to the last bit that a
+    BLAS kernel's rounding (its choice varies with size and CPU) may change."""
     x, y = points[..., 0], points[..., 1]
     if m[2, 0] == 0 and m[2, 1] == 0 and m[2, 2] == 1:
         return np.stack([(x * m[0, 0] + y * m[0, 1]) + m[0, 2],
