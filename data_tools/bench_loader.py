@@ -42,13 +42,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "sa1b_images"
 
 
-def polygons_for(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+VERTICES = (8, 40, 120, 300, 1200)
+
+
+def polygons_for(rng: np.random.Generator, n: int, max_vertices: int = 1200) -> list[np.ndarray]:
     """``n`` star-shaped polygons, normalised; area log-uniform (~2 px to the whole image at
     1024), vertex counts as SA-1B's traced masks (mostly tens to hundreds, some > 1000)."""
     out = []
     for _ in range(n):
         size = float(np.exp(rng.uniform(np.log(0.003), np.log(1.0))))
-        k = int(rng.choice([8, 40, 120, 300, 1200]))
+        k = int(rng.choice([v for v in VERTICES if v <= max_vertices]))
         centre = rng.uniform(0, 1, 2)
         angles = np.sort(rng.uniform(0, 2 * np.pi, k))
         radii = size / 2 * rng.uniform(0.6, 1.0, k)
@@ -57,7 +60,8 @@ def polygons_for(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return out
 
 
-def load_samples(count: int, masks: int, seed: int = 0) -> list[tuple[bytes, str]]:
+def load_samples(count: int, masks: int, seed: int = 0, max_vertices: int = 1200
+                 ) -> tuple[list[tuple[bytes, str]], str]:
     """(JPEG bytes, YOLO-seg label text) pairs, as a shard holds them; 1024 on the long side."""
     rng = np.random.default_rng(seed)
     paths = sorted(SHARED.glob("*.jpg")) if SHARED.is_dir() else []
@@ -70,7 +74,7 @@ def load_samples(count: int, masks: int, seed: int = 0) -> list[tuple[bytes, str
                                interpolation=cv2.INTER_AREA)
         else:
             image = rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)
-        polys = polygons_for(rng, masks)
+        polys = polygons_for(rng, masks, max_vertices)
         text = "\n".join("0 " + " ".join(f"{v:.6f}" for v in p.reshape(-1)) for p in polys)
         samples.append((cv2.imencode(".jpg", image)[1].tobytes(), text))
     return samples, "SA-1B images" if paths else "synthetic images"
@@ -150,11 +154,13 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=60)
     p.add_argument("--masks", type=int, default=100, help="polygons per image")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-vertices", type=int, default=1200, choices=VERTICES,
+                   help="largest polygon vertex count drawn")
     p.add_argument("--mfu", type=float, default=0.35)
     args = p.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    samples, source = load_samples(args.samples, args.masks)
+    samples, source = load_samples(args.samples, args.masks, max_vertices=args.max_vertices)
     runs = {"before": [], "after": [], "after_v8_4": [], "ultralytics": []}
     rules84 = {"augment_rule": "v8_4", "loss_rule": "v8_4"}
     for _ in range(args.repeats):
@@ -166,8 +172,9 @@ def main() -> None:
                                                           Path(tmp)))
     rate = {k: 1 / min(v) for k, v in runs.items()}
     print("\n" + "=" * 100)
-    print(f"training loader at fastsam_x settings (1024, mosaic, {args.masks} polygons per "
-          f"image, {source}), images/s per core (best of {args.repeats}, {args.samples} images):")
+    print(f"training loader at fastsam_x settings (1024, mosaic, {args.masks} polygons of <= "
+          f"{args.max_vertices} vertices per image, {source}), images/s per core (best of "
+          f"{args.repeats}, {args.samples} images):")
     for name, value in rate.items():
         print(f"  {name:12s} {value:6.2f} img/s per core")
     print(f"  after / before: {rate['after'] / rate['before']:.2f}x; after / ultralytics 8.4 "

@@ -488,8 +488,7 @@ def write_goldens(theirs: dict[str, dict], folder: Path) -> None:
     if "pipeline" in theirs:
         p = theirs["pipeline"]
         np.savez_compressed(folder / "pipeline.npz", **{k: p[k] for k in (
-            "digests", "keys", "counts", "widths", "heights", "areas", "image_means",
-            "box_sums")})
+            "digests", "keys", "counts", "image_means", "box_sums")})
     (folder / "spec.json").write_text(json.dumps(SPEC, indent=1) + "\n")
 
 
