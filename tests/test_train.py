@@ -148,13 +148,17 @@ def test_every_experiment_runs_one_batch(tmp_path, experiment, monkeypatch):
     assert metrics["train/loss"] == pytest.approx(sum(parts), rel=1e-5)
     assert np.isfinite(metrics["val/loss_seg"])
     module = seen["module"]
-    assert module.ema.updates == 1 and module.last_opt_step == 0
     rule = "v8_0_120" if experiment.startswith("fastsam") else "v8_4"
+    # fast_dev_run is one epoch: 8.4 has no warmup then (the last epoch never warms up), so the
+    # demo accumulates nbs 8 / batch 2 = 4 batches before a step; 8.0.120 warms up >= 100
+    # batches, starting at one batch per step
+    steps = 1 if rule == "v8_0_120" else 0
+    assert module.ema.updates == steps and module.last_opt_step == steps - 1
     assert module.hyp.loss_rule == module.hyp.augment_rule == rule
     assert module.model.model[-1].reg_max == 26
 
 
-def nan_loss(model):
+def nan_loss(model, rule="v8_4"):
     def loss_fn(preds, batch):
         zero = sum(p.sum() for p in model.parameters()) * 0
         return zero + float("nan"), {k: torch.tensor(0.0) for k in ultra.LOSS_NAMES}
