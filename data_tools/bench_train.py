@@ -164,7 +164,7 @@ def export_yolo_dataset(shards: Path, out: Path) -> Path:
 
 def ultralytics_overrides(args, hyp: dict, data_yaml: Path, out_dir: Path) -> dict:
     """ultralytics trainer args: our hyp values (same recipe) plus the run settings."""
-    ours = {k: v for k, v in hyp.items() if k not in OUR_HYP_KEYS}
+    ours = {k: v for k, v in hyp.items() if k not in (*OUR_HYP_KEYS, *ultra.RULE_KEYS)}
     return {**ours, "model": "yolov8n-seg.yaml",  # a label only: get_model() builds the model
             "data": str(data_yaml), "imgsz": args.imgsz,
             "batch": args.batch, "workers": args.workers, "epochs": args.epochs,

@@ -150,6 +150,24 @@ def test_uneven_shards_still_give_equal_batches(demo_shards, monkeypatch):
         assert count == (total // 4 + 1) * 2  # more than a pass: consumers start over
 
 
+def test_validation_gives_every_rank_the_same_samples_count(demo_shards, monkeypatch):
+    """Validation over uneven shards (3, 3, 1 samples ...): every rank (and its workers) gets
+    total // world distinct samples, so no rank waits for another in a collective."""
+    shards, total = resolve_split(str(demo_shards), "train")  # read as a validation stream
+    sizes = [len(list(iter_shard(s))) for s in shards]
+    assert len(set(sizes)) > 1 and total % 2 == 0, sizes  # the uneven case this is about
+    seen = {}
+    for rank in range(2):
+        monkeypatch.setattr(stream, "_dist_info", lambda r=rank: (r, 2))
+        got = []
+        for worker in range(2):
+            monkeypatch.setattr(stream, "_worker_info", lambda w=worker: (w, 2))
+            got += keys(make_stream(shards, train=False, max_samples=total // 2))
+        seen[rank] = got
+    assert len(seen[0]) == len(seen[1]) == total // 2
+    assert not set(seen[0]) & set(seen[1])
+
+
 def test_order_is_seeded_per_epoch(demo_shards):
     shards, total = resolve_split(str(demo_shards), "train")
     s = make_stream(shards, batches=total // 2)

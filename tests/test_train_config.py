@@ -28,13 +28,60 @@ def test_fastsam_x_is_the_papers_recipe():
     assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == 32
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "16-mixed"
     hyp = cfg.hyp
-    assert hyp.optimizer == "SGD" and hyp.lr0 == 0.01 and hyp.lrf == 0.01
+    # ultralytics 8.0.120's values (default.yaml) and its "auto": SGD, bias warmup from 0
+    assert hyp.optimizer == "auto" and hyp.lr0 == 0.01 and hyp.lrf == 0.01
     assert hyp.momentum == 0.937 and hyp.weight_decay == 0.0005
     assert (hyp.warmup_epochs, hyp.warmup_momentum, hyp.warmup_bias_lr) == (3.0, 0.8, 0.1)
     assert (hyp.box, hyp.cls, hyp.dfl) == (7.5, 0.5, 1.5)
     assert hyp.overlap_mask is False and hyp.mask_ratio == 4 and hyp.nbs == 64
-    assert hyp.mosaic == 1.0 and hyp.fliplr == 0.5 and hyp.close_mosaic == 10
+    assert hyp.mosaic == 1.0 and hyp.fliplr == 0.5 and hyp.close_mosaic == 0
+    assert {hyp[k] for k in ("loss_rule", "optimizer_rule", "schedule_rule",
+                             "augment_rule")} == {"v8_0_120"}
     assert "wandb" in cfg.logger
+
+
+def test_auto_resolves_as_the_authors_trainer():
+    """2 % of SA-1B (~220k images), batch 32, 100 epochs: 8.0.120's auto picks SGD(0.01, 0.9)
+    and starts the bias warmup at 0; 8.4's rule would pick MuSGD."""
+    from fastsam_train import ultra
+
+    iterations = ultra.optimizer_iterations(220_000, 32, 100)
+    assert ultra.resolve_optimizer("auto", 0.01, 0.937, 0.1, iterations, 1, rule="v8_0_120") \
+        == ("SGD", 0.01, 0.9, 0.0)
+    assert ultra.resolve_optimizer("auto", 0.01, 0.937, 0.1, iterations, 1)[0] == "MuSGD"
+    assert ultra.warmup_iterations(3.0, 100, 6875, rule="v8_0_120") == 20625
+    assert ultra.warmup_iterations(3.0, 100, 10, rule="v8_0_120") == 100  # the 100-batch floor
+    # batch 24: the ramp goes towards 64 / 24 = 2.67 (8.0.120) or round(2.67) = 3 (8.4)
+    assert ultra.accumulate_steps(8, 10, 64, 24, rule="v8_0_120") == 2  # 2.33
+    assert ultra.accumulate_steps(8, 10, 64, 24) == 3  # 2.6
+    assert ultra.accumulate_steps(11, 10, 64, 24, rule="v8_0_120") == 3
+
+
+def test_recipe_departures_are_logged_once_each(caplog):
+    from fastsam_train.train.recipe import departures, log_departures
+
+    assert departures(compose_train("+experiment=fastsam_x")) == []
+    assert departures(compose_train("+experiment=fastsam_s")) == []
+    cfg = compose_train("+experiment=fastsam_x", "hyp.close_mosaic=10")
+    with caplog.at_level("WARNING"):
+        lines = log_departures(cfg)
+    assert len(lines) == 1 and "hyp.close_mosaic=10" in lines[0] and "authors: 0" in lines[0]
+    assert [r.getMessage() for r in caplog.records if "departure" in r.getMessage()] == lines
+    two = departures(compose_train("+experiment=fastsam_x", "trainer.num_nodes=2",
+                                   "model.reg_max=16"))
+    assert [line.split(": ")[1].split(" ")[0] for line in two] == \
+        ["model.reg_max=16", "global_batch=64"]
+    assert departures(compose_train()) == []  # the demo declares no reference recipe
+
+
+def test_recipe_covers_the_fastsam_hyp_file_and_the_readme_table():
+    recipe = OmegaConf.load(CONF / "recipe" / "fastsam_8_0_120.yaml")
+    keys = {e.key for e in recipe["values"]}
+    hyp_file = OmegaConf.load(CONF / "hyp" / "fastsam_8_0_120.yaml")
+    assert {f"hyp.{k}" for k in hyp_file if k not in ("epochs", "copy_paste_mode")} <= keys
+    readme = (CONF.parent / "README.md").read_text()
+    for entry in recipe["values"]:
+        assert f"| `{entry.key}` |" in readme, entry.key
 
 
 def test_fastsam_x_builds_the_right_head():

@@ -362,3 +362,62 @@ def test_inference_network_matches_the_training_model():
             raw, proto = network(inp)
             torch.testing.assert_close(raw, raw_ref, rtol=1e-4, atol=1e-3)
             torch.testing.assert_close(proto, proto_ref, rtol=1e-4, atol=1e-4)
+
+
+# --- 8.0.120 semantics and the lean Format (fastsam_train/ultra/v8_0.py) ------------------------
+def test_polygon_masks_equal_ultralytics_full_image_masks():
+    from ultralytics.data.utils import polygons2masks
+
+    rng = np.random.default_rng(0)
+    segments = np.concatenate([rng.uniform(0, 256, (20, 300, 2)),
+                               rng.uniform(100, 110, (5, 300, 2))]).astype(np.float32)
+    segments[:3] = np.clip(segments[:3] * 1.5 - 60, 0, 256)  # touching the borders
+    for ratio in (1, 2, 4):
+        ours = ultra.polygon_masks(segments, 256, 192, ratio)
+        assert np.array_equal(ours, polygons2masks((256, 192), segments, 1, ratio)), ratio
+
+
+def test_8_0_120_resampling_and_warp_helpers():
+    from fastsam_train.ultra import v8_0
+
+    rng = np.random.default_rng(1)
+    rings = (rng.uniform(-50, 300, (30, 1000, 2))).astype(np.float32)
+    assert np.array_equal(v8_0.reresample(rings), np.stack([v8_0.resample_ring(r) for r in rings]))
+    m = np.eye(3, dtype=np.float32)
+    m[:2] = [[0.7, 0.1, -30.25], [-0.1, 0.7, 12.5]]
+    xy = np.concatenate((rings.reshape(-1, 2), np.ones((rings.size // 2, 1), np.float32)), 1) @ m.T
+    np.testing.assert_allclose(v8_0.warp_points(rings, m),
+                               (xy[:, :2] / xy[:, 2:3]).reshape(rings.shape), rtol=1e-6, atol=1e-4)
+    boxes = v8_0.segment_boxes(rings, 256, 200)
+    inside = (rings[1] >= 0).all(1) & (rings[1, :, 0] <= 256) & (rings[1, :, 1] <= 200)
+    assert np.allclose(boxes[1], [*rings[1][inside].min(0), *rings[1][inside].max(0)])
+    assert (v8_0.segment_boxes(rings - 1000, 256, 200) == 0).all()
+
+
+def test_train_format_builds_no_semantic_masks():
+    hyp = ultra.hyperparameters(overlap_mask=False, augment_rule="v8_0_120", mosaic=1.0)
+    buffer = ultra.SampleBuffer(8)
+    transforms = ultra.build_train_transforms(buffer, 96, hyp)
+    random.seed(0)
+    np.random.seed(0)
+    for i in range(4):
+        out = transforms(buffer.push(ultra.label_dict(*synthetic_sample(i, n=5), 96,
+                                                      im_file=str(i), rule="v8_0_120")))
+    assert "sem_masks" not in out and out["masks"].dtype == torch.uint8
+    assert out["masks"].shape == (len(out["cls"]), 24, 24) and out["img"].shape == (3, 96, 96)
+    assert ultra.label_dict(*synthetic_sample(0), 64, rule="v8_0_120")["instances"].segments.shape \
+        == (2, 1000, 2)
+
+
+def test_8_0_120_loss_differs_from_8_4_only_where_documented():
+    """Same batch: cls is equal; the mask term differs (per-image normalisation)."""
+    torch.manual_seed(0)
+    model = ultra.build_model("n", hyp=ultra.hyperparameters(overlap_mask=False))
+    model.train()
+    batch = val_batch(imgsz=64, n_images=2, hyp=ultra.hyperparameters(overlap_mask=False))
+    preds = model(batch["img"])
+    _, old = ultra.build_loss(model, "v8_0_120")(preds, batch)
+    _, new = ultra.build_loss(model, "v8_4")(preds, batch)
+    assert torch.allclose(old["cls"], new["cls"]) and not torch.allclose(old["seg"], new["seg"])
+    with pytest.raises(ValueError, match="rule"):
+        ultra.build_loss(model, "v9")

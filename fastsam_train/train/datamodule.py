@@ -151,7 +151,8 @@ class ShardDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
         cap = self.max_val_images
-        per_rank = None if cap is None or cap >= self.val_total else -(-cap // world)
+        # the same number of samples on every rank (the remainder of the split is left out)
+        per_rank = min(self.val_total if cap is None else cap, self.val_total) // world
         cfg = StreamConfig(self.val_shards, self.imgsz, self.hyp, train=False, seed=self.seed,
                            batches_per_rank=None, batch_size=self.batch_size,
                            max_samples=per_rank, max_consecutive_skips=self.max_consecutive_skips,

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,8 +32,10 @@ class FastSAMModule(L.LightningModule):
     Args:
         model: ``arch``, ``scale`` (n/s/m/l/x), ``nc`` (1), ``reg_max`` (26 for FastSAM),
             ``prototypes`` (mask prototypes, 32).
-        hyp: ultralytics hyperparameters (lr0, lrf, momentum, ..., augmentations) plus
-            grad_clip, ema_decay, ema_tau.
+        hyp: ultralytics hyperparameters (lr0, lrf, momentum, ..., augmentations), the rules
+            (``loss_rule``, ``optimizer_rule``, ``schedule_rule``, ``augment_rule``: "v8_0_120"
+            for FastSAM's trainer, "v8_4" for the installed ultralytics) plus grad_clip,
+            ema_decay, ema_tau.
         init_weights: ultralytics-format .pt to initialise from (needs ``allow_pickle``).
         on_nonfinite: "stop" raises on a NaN/inf loss naming the batch; "skip" drops that step.
         overlay_samples: validation images rendered with predicted masks each epoch.
@@ -72,7 +73,8 @@ class FastSAMModule(L.LightningModule):
 
     # ---- setup ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self.loss_fn = ultra.build_loss(self.model)  # after the move to the final device
+        # after the move to the final device
+        self.loss_fn = ultra.build_loss(self.model, self.hyp.loss_rule)
         self.ema = ultra.ModelEMA(self.model, decay=self.extra["ema_decay"],
                                   tau=self.extra["ema_tau"])
         if self._ema_state is not None:
@@ -84,10 +86,8 @@ class FastSAMModule(L.LightningModule):
 
     def accumulate(self, ni: int, nw: int) -> int:
         """Batches per optimizer step: ramps 1 -> nbs / batch during warmup, as ultralytics."""
-        target = max(round(self.hyp.nbs / self.global_batch()), 1)
-        if nw and ni <= nw:
-            return max(1, int(np.interp(ni, [0, nw], [1, target]).round()))
-        return target
+        return ultra.accumulate_steps(ni, nw, self.hyp.nbs, self.global_batch(),
+                                      self.hyp.schedule_rule)
 
     def configure_optimizers(self):
         accumulate = max(round(self.hyp.nbs / self.global_batch()), 1)
@@ -96,7 +96,8 @@ class FastSAMModule(L.LightningModule):
         iterations = ultra.optimizer_iterations(dm.train_total, self.global_batch(),
                                                 self.trainer.max_epochs, self.hyp.nbs)
         choice = ultra.resolve_optimizer(self.hyp.optimizer, self.hyp.lr0, self.hyp.momentum,
-                                         self.hyp.warmup_bias_lr, iterations, nc=1)
+                                         self.hyp.warmup_bias_lr, iterations, nc=1,
+                                         rule=self.hyp.optimizer_rule)
         # "auto" may change the bias warmup start; keep one namespace for every batch
         self.warmup_hyp = ultra.hyperparameters(**{**vars(self.hyp),
                                                    "warmup_bias_lr": choice.warmup_bias_lr})
@@ -109,6 +110,8 @@ class FastSAMModule(L.LightningModule):
     # ---- training ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._tick = None
+        if self.hyp.schedule_rule == "v8_0_120":  # 8.0.120 drops pending gradients each epoch
+            self.optimizers().zero_grad(set_to_none=True)
 
     def set_lr(self, optimizer, ni: int, nw: int) -> None:
         factor = ultra.lr_factor(self.current_epoch, self.trainer.max_epochs, self.hyp.lrf,
@@ -121,12 +124,13 @@ class FastSAMModule(L.LightningModule):
         optimizer = self.optimizers()
         nb = self.trainer.num_training_batches
         ni = batch_idx + nb * self.current_epoch
-        nw = ultra.warmup_iterations(self.hyp.warmup_epochs, self.trainer.max_epochs, nb)
+        nw = ultra.warmup_iterations(self.hyp.warmup_epochs, self.trainer.max_epochs, nb,
+                                     self.hyp.schedule_rule)
         if ni <= self.last_batch_done:  # Lightning replays the batch a mid-epoch ckpt was saved at
             return None
         self.last_batch_done = ni
         self.set_lr(optimizer.optimizer, ni, nw)
-        imgs = batch["img"].float() / 255
+        imgs = batch["img"].to(self.dtype) / 255  # the model's dtype (float32; 64-true: float64)
         loss, items = self.loss_fn(self.model(imgs), batch)
         if not torch.isfinite(loss):
             self._nonfinite(loss, batch, batch_idx)
@@ -185,7 +189,7 @@ class FastSAMModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         model = self.ema.ema if self.ema is not None else self.model
         model.eval()
-        imgs = batch["img"].float() / 255
+        imgs = batch["img"].to(self.dtype) / 255  # the model's dtype (float32; 64-true: float64)
         with torch.no_grad():
             (raw, proto), train_preds = model(imgs)
             if self.loss_fn is not None:

@@ -14,6 +14,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from fastsam_train.train.module import FastSAMModule
+from fastsam_train.train.recipe import log_departures
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(max(1, int(os.environ.get("FASTSAM_CPU_THREADS", "1"))))
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # INFO per COCOeval call
     L.seed_everything(cfg.seed, workers=True)
+    log_departures(cfg)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights=cfg.init_weights,

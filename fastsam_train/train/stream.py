@@ -219,7 +219,8 @@ class ShardStream(IterableDataset):
         for key, image, polygons in self._decoded(rank, world, worker, workers, skips):
             produced += 1
             if produced > skip:
-                labels = ultra.label_dict(image, polygons, self.cfg.imgsz, im_file=key)
+                labels = ultra.label_dict(image, polygons, self.cfg.imgsz, im_file=key,
+                                          rule=self.cfg.hyp.augment_rule)
                 out = transforms(buffer.push(labels) if buffer is not None else labels)
                 out["skipped"] = skips.total
                 yield out
@@ -243,7 +244,10 @@ class ShardStream(IterableDataset):
 
     def _one_pass(self, cycle: int, rank: int, world: int, worker: int, workers: int,
                   skips: SkipCounter, rng: random.Random) -> wds.DataPipeline:
-        shards = len(self.cfg.shards)
+        # validation splits by sample (every consumer reads every val shard and keeps every n-th
+        # sample), so each rank gets the same count whatever the shard sizes: a rank with fewer
+        # validation batches would leave the others waiting in a collective
+        shards = len(self.cfg.shards) if self.cfg.train else 0
         node_shards = len(range(rank, shards, world)) if shards >= world else shards
         order_seed = _mix(self.cfg.seed, self.epoch, cycle) if self.cfg.train else None
         return wds.DataPipeline(

@@ -17,6 +17,9 @@ Facts about ultralytics 8.4 that the callers rely on (checked against 8.4.190):
   ``batch * accumulate / nbs``, clips the gradient norm at 10, and multiplies the loss by the world
   size under DDP (which averages gradients). Lightning divides the loss by
   ``accumulate_grad_batches``: multiply it back to match.
+* ``RULES``: where 8.0.120 (the FastSAM authors' trainer) and 8.4 differ, the loss, the "auto"
+  optimizer, the warmup and the augmentations take a rule, "v8_0_120" or "v8_4" (the
+  differences are listed in ``v8_0.py``; ``data_tools/parity_8_0.py`` checks them).
 * ``v8SegmentationLoss`` and ``ModelEMA`` capture tensors/devices when built (EMA on its first
   ``update``): build them after the model is on its final device. The EMA copy is no submodule.
 """
@@ -39,6 +42,7 @@ from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.cfg import get_cfg
 from ultralytics.data.augment import Compose, Format, LetterBox, v8_transforms
 from ultralytics.data.dataset import YOLODataset
+from ultralytics.data.utils import polygons2masks
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.nn.tasks import SegmentationModel, torch_safe_load
 from ultralytics.utils import (
@@ -54,11 +58,14 @@ from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import process_mask, resample_segments, segments2boxes
 from ultralytics.utils.torch_utils import ModelEMA, one_cycle
 
+from fastsam_train.ultra import v8_0
+
 __all__ = [
     "ImportReport", "ModelEMA", "OptimizerChoice", "SampleBuffer", "apply_warmup", "build_loss",
     "build_model", "build_optimizer", "build_train_transforms", "build_val_transforms", "collate",
     "export_ultralytics_checkpoint", "hyperparameters", "import_ultralytics_checkpoint",
-    "label_dict", "lr_factor", "optimizer_iterations", "optimizer_param_groups",
+    "RULES", "TrainFormat", "accumulate_steps", "label_dict", "lr_factor", "polygon_masks",
+    "optimizer_iterations", "optimizer_param_groups",
     "resolve_optimizer", "segment_predictions", "validate_model_config", "warmup_iterations",
     "warmup_lr", "warmup_momentum", "without_mix",
 ]  # fmt: skip
@@ -67,14 +74,27 @@ LOSS_NAMES = ("box", "seg", "cls", "dfl")  # order of ultralytics' loss vector (
 EMA_ATTRS = ("yaml", "nc", "args", "names", "stride")  # copied by ema.update_attr before saving
 
 
+RULES = ("v8_0_120", "v8_4")  # whose semantics: 8.0.120 (FastSAM's trainer) or the installed 8.4
+RULE_KEYS = ("loss_rule", "optimizer_rule", "schedule_rule", "augment_rule")  # all default "v8_4"
+
+
 # --- model, hyperparameters, loss ---------------------------------------------------------------
 def hyperparameters(**overrides: Any) -> IterableSimpleNamespace:
     """ultralytics' default.yaml merged with ``overrides`` (unknown keys raise SyntaxError).
 
     Holds what the loss (``box`` 7.5, ``cls`` 0.5, ``dfl`` 1.5, ``overlap_mask``, ``mask_ratio``)
-    and the augmentations (``mosaic``, ``degrees``, ``hsv_h`` ...) read as attributes.
+    and the augmentations (``mosaic``, ``degrees``, ``hsv_h`` ...) read as attributes, plus the
+    ``RULE_KEYS`` (each one of ``RULES``; default "v8_4"; anything else raises ValueError).
     """
-    return get_cfg(DEFAULT_CFG_DICT, overrides or None)
+    rules = {k: overrides.pop(k, "v8_4") for k in RULE_KEYS} if overrides else \
+        dict.fromkeys(RULE_KEYS, "v8_4")
+    bad = {k: v for k, v in rules.items() if v not in RULES}
+    if bad:
+        raise ValueError(f"{bad}: rules must be one of {RULES}")
+    hyp = get_cfg(DEFAULT_CFG_DICT, overrides or None)
+    for key, value in rules.items():
+        setattr(hyp, key, value)
+    return hyp
 
 
 ARCHITECTURES = ("yolov8-seg",)  # packaged model YAMLs a config or a file may name
@@ -142,8 +162,10 @@ def build_model(
     return model
 
 
-def build_loss(model: SegmentationModel) -> Callable[[Any, dict], tuple[torch.Tensor, dict]]:
-    """ultralytics' ``v8SegmentationLoss`` for ``model`` (needs ``model.args`` as a namespace).
+def build_loss(model: SegmentationModel, rule: str = "v8_4"
+               ) -> Callable[[Any, dict], tuple[torch.Tensor, dict]]:
+    """ultralytics' ``v8SegmentationLoss`` for ``model`` (needs ``model.args`` as a namespace);
+    ``rule="v8_0_120"``: with 8.0.120's assigner and mask-loss normalisation (``v8_0.py``).
 
     Returns ``loss_fn(preds, batch) -> (total, items)``: ``preds`` is the model output on
     ``batch["img"]`` (float (B, 3, H, W) in [0, 1]), ``batch`` the ``collate`` dict
@@ -153,7 +175,10 @@ def build_loss(model: SegmentationModel) -> Callable[[Any, dict], tuple[torch.Te
     to those detached terms without the B factor.
     Build it after moving the model to its device: the criterion keeps that device.
     """
-    criterion = v8SegmentationLoss(model)
+    if rule not in RULES:
+        raise ValueError(f"loss rule {rule!r} not in {RULES}")
+    criterion = v8_0.SegmentationLossV80(model) if rule == "v8_0_120" else \
+        v8SegmentationLoss(model)
 
     def loss_fn(preds: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, _ = criterion(preds, batch)  # (5,): box, seg, cls, dfl, sem, each x batch size
@@ -171,6 +196,7 @@ def label_dict(
     cls: np.ndarray | None = None,
     im_file: str = "",
     n_points: int = 1000,
+    rule: str = "v8_4",
 ) -> dict[str, Any]:
     """One sample in the form ultralytics' transforms take (``BaseDataset.get_image_and_label``).
 
@@ -180,7 +206,8 @@ def label_dict(
         imgsz: training/eval image size.
         cls: (N,) class ids, default all 0.
         im_file: sample name (Mosaic requires the key).
-        n_points: polygons are resampled to max(n_points, longest K + 1) points (as ultralytics).
+        n_points: polygons are resampled to max(n_points, longest K + 1) points keeping every
+            vertex (8.4); with ``rule="v8_0_120"`` to exactly 1000 points, evenly in vertex index.
 
     Returns:
         dict with ``img`` (H, W, 3), ``ori_shape`` (H0, W0), ``resized_shape`` (H, W),
@@ -194,7 +221,11 @@ def label_dict(
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
     n = len(polygons)
     segs = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in polygons]
-    if n:
+    if n and rule == "v8_0_120":
+        segments = np.stack([v8_0.resample_ring(s) for s in segs], 0)
+        bboxes = segments2boxes(segs).astype(np.float32)
+        n_points = v8_0.POLYGON_POINTS
+    elif n:
         n_points = max(n_points, max(len(s) for s in segs) + 1)
         segments = np.stack(resample_segments(segs, n=n_points), 0)
         bboxes = segments2boxes(segs).astype(np.float32)
@@ -255,16 +286,69 @@ class SampleBuffer:
         return self.get_image_and_label(-1)
 
 
-def _format(hyp: IterableSimpleNamespace, bgr: float) -> Format:
-    return Format(
-        bbox_format="xywh",
-        normalize=True,
-        return_mask=True,
-        batch_idx=True,
-        mask_ratio=hyp.mask_ratio,
-        mask_overlap=hyp.overlap_mask,
-        bgr=bgr,
-    )
+def polygon_masks(segments: np.ndarray, height: int, width: int, ratio: int) -> np.ndarray:
+    """(N, P, 2) pixel polygons -> uint8 (N, height // ratio, width // ratio) binary masks, equal
+    to ultralytics' ``polygons2masks`` (``fillPoly`` of the int32-truncated polygon at full size,
+    then a bilinear ``resize`` by 1/ratio) but drawn and resized only around each polygon: the
+    resize by an integer factor reads only the pixels of each output cell's own ratio x ratio
+    block, so a crop aligned to multiples of ratio with one cell of margin gives the same cells.
+    """
+    if height % ratio or width % ratio:
+        return polygons2masks((height, width), segments, color=1, downsample_ratio=ratio)
+    out = np.zeros((len(segments), height // ratio, width // ratio), np.uint8)
+    points = np.asarray(segments, dtype=np.float32).astype(np.int32)
+    low = np.maximum((points.min(1) // ratio - 1) * ratio, 0).tolist()
+    high = np.minimum((points.max(1) // ratio + 2) * ratio, (width, height)).tolist()
+    for i, poly in enumerate(points):
+        (x0, y0), (x1, y1) = low[i], high[i]
+        if x1 <= x0 or y1 <= y0:
+            continue
+        crop = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(crop, [poly - (x0, y0)], color=1)
+        out[i, y0 // ratio:y1 // ratio, x0 // ratio:x1 // ratio] = cv2.resize(
+            crop, ((x1 - x0) // ratio, (y1 - y0) // ratio))
+    return out
+
+
+class TrainFormat(Format):
+    """ultralytics' ``Format`` (xywh normalised boxes, ``batch_idx``, masks at 1/mask_ratio)
+    without the work the loss never reads: no ``sem_masks`` (8.4 builds an N x H x W
+    ``torch.where`` + ``min`` per image for them), and binary masks (overlap_mask False) drawn
+    per instance inside its box (``polygon_masks``). ``draw_bgr`` False: always BGR -> RGB with
+    no random draw (8.0.120); True: 8.4's ``bgr`` probability, one draw per image."""
+
+    def __init__(self, mask_ratio: int, mask_overlap: bool, bgr: float, draw_bgr: bool = True):
+        super().__init__(bbox_format="xywh", normalize=True, return_mask=True, batch_idx=True,
+                         mask_ratio=mask_ratio, mask_overlap=mask_overlap, bgr=bgr)
+        self.draw_bgr = draw_bgr
+
+    def apply_instances(self, labels: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
+        if self.mask_overlap:
+            labels = super().apply_instances(labels, params)
+            labels.pop("sem_masks", None)
+            return labels
+        instances, h, w, n = params["instances"], params["h"], params["w"], params["nl"]
+        r = self.mask_ratio
+        masks = polygon_masks(instances.segments, h, w, r) if n else \
+            np.zeros((0, h // r, w // r), np.uint8)
+        labels["masks"] = torch.from_numpy(masks)
+        labels["cls"] = torch.from_numpy(params["cls"]) if n else torch.zeros(0, 1)
+        boxes = torch.from_numpy(instances.bboxes) if n else torch.zeros((0, 4))
+        boxes[:, [0, 2]] /= w
+        boxes[:, [1, 3]] /= h
+        labels["bboxes"] = boxes
+        labels["batch_idx"] = torch.zeros(n)
+        return labels
+
+    def _format_img(self, img: np.ndarray) -> torch.Tensor:
+        if self.draw_bgr:
+            return super()._format_img(img)
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[::-1]))
+
+
+def _format(hyp: IterableSimpleNamespace, bgr: float) -> TrainFormat:
+    return TrainFormat(hyp.mask_ratio, hyp.overlap_mask, bgr,
+                       draw_bgr=hyp.augment_rule != "v8_0_120")
 
 
 def build_train_transforms(
@@ -272,15 +356,21 @@ def build_train_transforms(
 ) -> Compose:
     """ultralytics' training pipeline (``YOLODataset.build_transforms`` with augment=True):
     Mosaic (p=hyp.mosaic) -> [CopyPaste] -> RandomPerspective to (imgsz, imgsz) -> MixUp -> CutMix
-    -> HSV -> flips -> ``Format``. Takes a ``label_dict`` copy; returns ``img`` uint8 (3, imgsz,
-    imgsz) RGB, ``cls`` (n, 1), ``bboxes`` (n, 4), ``masks``, ``batch_idx`` zeros (n,), metadata.
+    -> HSV -> flips -> ``TrainFormat``; with ``hyp.augment_rule == "v8_0_120"`` 8.0.120's chain
+    (``v8_0.train_transforms_v80``). Takes a ``label_dict`` copy; returns ``img`` uint8 (3,
+    imgsz, imgsz) RGB, ``cls`` (n, 1), ``bboxes`` (n, 4), ``masks``, ``batch_idx`` zeros (n,),
+    metadata.
     """
-    return Compose([*v8_transforms(dataset, imgsz, hyp).tolist(), _format(hyp, hyp.bgr)])
+    if hyp.augment_rule == "v8_0_120":
+        chain = v8_0.train_transforms_v80(dataset, imgsz, hyp).tolist()
+    else:
+        chain = v8_transforms(dataset, imgsz, hyp).tolist()
+    return Compose([*chain, _format(hyp, hyp.bgr)])
 
 
 def build_val_transforms(imgsz: int, hyp: IterableSimpleNamespace) -> Compose:
     """ultralytics' eval pipeline: ``LetterBox(imgsz, scaleup=False)`` (pad to square, 114 grey)
-    then ``Format``; same output keys as ``build_train_transforms``."""
+    then ``TrainFormat``; same output keys as ``build_train_transforms``."""
     return Compose([LetterBox(new_shape=imgsz, scaleup=False), _format(hyp, 0.0)])
 
 
@@ -331,15 +421,20 @@ def optimizer_iterations(dataset_size: int, batch_size: int, epochs: int, nbs: i
 
 
 def resolve_optimizer(
-    name: str, lr: float, momentum: float, warmup_bias_lr: float, iterations: int, nc: int
+    name: str, lr: float, momentum: float, warmup_bias_lr: float, iterations: int, nc: int,
+    rule: str = "v8_4",
 ) -> OptimizerChoice:
-    """ultralytics' "auto" rule (8.4): > 10000 iterations -> MuSGD lr 0.01, momentum 0.9; else
-    AdamW lr round(0.002 * 5 / (4 + nc), 6) (0.002 for nc=1), momentum 0.9 (Adam beta1). Auto also
-    starts the bias warmup at 0. Any other name passes through unchanged."""
+    """ultralytics' "auto" rule: > 10000 iterations -> SGD (``rule="v8_0_120"``, FastSAM's
+    trainer, BaseTrainer.build_optimizer line 633) or MuSGD (8.4), lr 0.01, momentum 0.9 (the
+    warmup then ramps momentum to ``hyp.momentum``); else AdamW lr round(0.002 * 5 / (4 + nc), 6)
+    (0.002 for nc=1), momentum 0.9 (Adam beta1). Both versions' auto also starts the bias warmup
+    at 0. Any other name passes through unchanged."""
+    if rule not in RULES:
+        raise ValueError(f"optimizer rule {rule!r} not in {RULES}")
     if name.lower() != "auto":
         return OptimizerChoice(name, lr, momentum, warmup_bias_lr)
     if iterations > 10000:
-        return OptimizerChoice("MuSGD", 0.01, 0.9, 0.0)
+        return OptimizerChoice("SGD" if rule == "v8_0_120" else "MuSGD", 0.01, 0.9, 0.0)
     return OptimizerChoice("AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9, 0.0)
 
 
@@ -387,11 +482,29 @@ def lr_factor(epoch: float, epochs: int, lrf: float, cos_lr: bool = False) -> fl
     return max(1 - epoch / epochs, 0) * (1.0 - lrf) + lrf
 
 
-def warmup_iterations(warmup_epochs: float, epochs: int, batches_per_epoch: int) -> int:
-    """Warmup length in batches: ``round(min(warmup_epochs, epochs - 1) * batches_per_epoch)``.
-    (8.4 has no 100-iteration floor and always leaves the last epoch out of warmup.)"""
+def warmup_iterations(warmup_epochs: float, epochs: int, batches_per_epoch: int,
+                      rule: str = "v8_4") -> int:
+    """Warmup length in batches (0: none). 8.4: ``round(min(warmup_epochs, epochs - 1) *
+    batches_per_epoch)`` (the last epoch is never warmup); ``rule="v8_0_120"``:
+    ``max(round(warmup_epochs * batches_per_epoch), 100)`` (at least 100 batches)."""
+    if rule not in RULES:
+        raise ValueError(f"warmup rule {rule!r} not in {RULES}")
+    if rule == "v8_0_120":
+        return max(round(warmup_epochs * batches_per_epoch), 100) if warmup_epochs > 0 else 0
     warm = min(warmup_epochs, max(epochs - 1, 0))
     return round(warm * batches_per_epoch) if warm > 0 else 0
+
+
+def accumulate_steps(ni: int, nw: int, nbs: int, batch: int, rule: str = "v8_4") -> int:
+    """Batches per optimizer step at global batch ``ni``: ``max(round(nbs / batch), 1)``; during
+    warmup (``ni <= nw``) ramped linearly from 1, towards that value (8.4) or towards the
+    unrounded ``nbs / batch`` (``rule="v8_0_120"``), rounded half to even as numpy does.
+    ``batch``: the global batch (all ranks)."""
+    nominal = max(round(nbs / batch), 1)
+    if nw and ni <= nw:
+        target = nbs / batch if rule == "v8_0_120" else nominal
+        return max(1, int(np.interp(ni, [0, nw], [1, target]).round()))
+    return nominal
 
 
 def warmup_lr(ni: int, nw: int, target_lr: float, is_bias: bool, warmup_bias_lr: float) -> float:
