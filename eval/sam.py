@@ -76,10 +76,10 @@ def load_sam(kind: str, checkpoint: str | Path, device: str = "cpu") -> torch.nn
     return sam.eval().to(device)
 
 
-def probability_generator(sam: torch.nn.Module, **settings):
-    """A ``SamAutomaticMaskGenerator`` (``settings``: its arguments) that also keeps each kept
-    mask's probability map (sigmoid of its logits at the image size, float16) in its
-    ``MaskData`` as ``probs``; whole-image runs only (no crops, no small-region clean-up)."""
+def mask_generator(sam: torch.nn.Module, keep_probs: bool = False, **settings):
+    """``SamAutomaticMaskGenerator(sam, **settings)``; with ``keep_probs`` one that also keeps
+    each kept mask's probability map (sigmoid of its logits at the image size, float16) in its
+    ``MaskData`` as ``probs`` (whole-image runs only: no crops, no small-region clean-up)."""
     from segment_anything import SamAutomaticMaskGenerator
     from segment_anything.utils.amg import (
         MaskData,
@@ -90,7 +90,8 @@ def probability_generator(sam: torch.nn.Module, **settings):
 
     class ProbabilityMaskGenerator(SamAutomaticMaskGenerator):
         def _process_batch(self, points, im_size, crop_box, orig_size) -> MaskData:
-            # the library's batch step, with the probabilities kept beside the masks
+            # the library's batch step, with the probabilities kept beside the masks (its
+            # crop-edge filter keeps every mask of a whole-image run, so it is left out)
             coords = self.predictor.transform.apply_coords(points, im_size)
             coords = torch.as_tensor(coords, device=self.predictor.device)
             labels = torch.ones(len(coords), dtype=torch.int, device=coords.device)
@@ -112,6 +113,8 @@ def probability_generator(sam: torch.nn.Module, **settings):
             del data["masks"]
             return data
 
+    if not keep_probs:
+        return SamAutomaticMaskGenerator(sam, **settings)
     if settings.get("crop_n_layers", 0) or settings.get("min_mask_region_area", 0):
         raise ValueError("probability maps are kept for whole-image runs only "
                          "(crop_n_layers 0, min_mask_region_area 0)")
@@ -137,7 +140,7 @@ class SamEverything:
         probability maps; ``rle``: COCO RLEs instead of dense masks)."""
         from segment_anything.utils.amg import coco_encode_rle
 
-        generator = probability_generator(self.sam, output_mode="coco_rle", **self.settings)
+        generator = mask_generator(self.sam, probs, output_mode="coco_rle", **self.settings)
         out = []
         for image in images:
             data = generator._generate_masks(np.ascontiguousarray(image))
