@@ -205,3 +205,19 @@ def test_official_batches_of_mixed_shapes_are_letterboxed_square():
 def test_unknown_mask_protocol_names_the_allowed_values():
     with pytest.raises(ValueError, match="mask_protocol must be one of official, exact; got 'x'"):
         PredictOptions(mask_protocol="x")
+
+
+def test_an_official_pool_is_the_prefix_of_a_lower_threshold_run():
+    """eval/instance.py cuts the conf 0.4 / 300 pool out of the conf 0.001 / 1000 run: greedy
+    NMS keeps the same boxes above a threshold, and their masks do not depend on the rest."""
+    image = gradient(150, 225)
+    net = RandomHead(n=120, seed=3)
+    wide = Predictor(net, PredictOptions(imgsz=128, conf=0.001, iou=0.7, max_det=1000,
+                                         mask_protocol="official"))
+    narrow = wide.with_options(conf=0.5, max_det=25)
+    all_, = wide.everything(image, probs=True)
+    top, = narrow.everything(image, probs=True)
+    k = int(min((all_.scores > 0.5).sum(), 25))
+    assert 12 <= k == len(top) < len(all_)
+    assert torch.equal(all_.boxes[:k], top.boxes) and torch.equal(all_.masks[:k], top.masks)
+    assert torch.equal(all_.probs[:k], top.probs)
