@@ -221,3 +221,17 @@ def test_an_official_pool_is_the_prefix_of_a_lower_threshold_run():
     assert 12 <= k == len(top) < len(all_)
     assert torch.equal(all_.boxes[:k], top.boxes) and torch.equal(all_.masks[:k], top.masks)
     assert torch.equal(all_.probs[:k], top.probs)
+
+
+def test_disagreement_far_from_boundaries_counts_only_real_differences():
+    from data_tools.compare_protocols import far_from_boundaries
+
+    a = np.zeros((60, 60), bool)
+    a[10:40, 10:40] = True
+    shifted = np.roll(a, 1, axis=1)  # a boundary one pixel off: 30 + 30 differing pixels
+    assert (a ^ shifted).sum() == 60 and far_from_boundaries(a, shifted, 2.0) == 0
+    holed = a.copy()
+    holed[20:30, 20:30] = False  # a 10 x 10 hole: its rim is a boundary of the second mask
+    # the boundary band is the hole's outermost ring (and the ring outside it); its pixels
+    # more than 2 px from that band are the central 4 x 4
+    assert far_from_boundaries(a, holed, 2.0) == 4 * 4
