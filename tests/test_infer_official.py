@@ -200,6 +200,9 @@ def test_official_batches_of_mixed_shapes_are_letterboxed_square():
     exact = predictor.with_options(mask_protocol="exact")
     exact.everything(images)
     assert net.inputs[1].shape[2:] == (96, 128)  # exact: the smallest stride multiple
+    predictor.with_options(imgsz=120).everything(images[:1])  # check_imgsz: up to 128
+    assert torch.equal(net.inputs[2][0].permute(1, 2, 0), as_input(ref_letterbox(images[0], 128,
+                                                                                 auto=True)))
 
 
 def test_unknown_mask_protocol_names_the_allowed_values():

@@ -10,7 +10,8 @@ FastSAM's ``fastsam/predict.py`` + ``utils.py``):
 * letterbox: ``geometry.letterbox_batch`` already is 8.0.120's ``LetterBox`` (long side to imgsz,
   ``round`` of the short side, padding split ``round(d/2 - 0.1)`` / ``round(d/2 + 0.1)``); the
   frame is the stride multiple for a batch of equal shapes and imgsz x imgsz otherwise
-  (``letterbox_square``);
+  (``letterbox_square``); imgsz itself is first rounded up to a stride multiple
+  (``check_imgsz``, ``official_imgsz``);
 * border snap in the network frame: box sides within 20 px of the *frame* border move onto it,
   boxes with IoU > 0.9 with the whole frame become the frame (FastSAM did it for the first image
   of a batch; here for every image, i.e. what a batch of one gives);
@@ -32,6 +33,7 @@ measured in the tests, and 3 masks always go in one call).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -49,6 +51,11 @@ def check_protocol(name: str) -> str:
         raise ValueError(f"mask_protocol must be one of {', '.join(MASK_PROTOCOLS)}; "
                          f"got {name!r}")
     return name
+
+
+def official_imgsz(imgsz: int, stride: int = 32) -> int:
+    """8.0.120's ``check_imgsz``: the input size rounded up to a multiple of the stride."""
+    return math.ceil(imgsz / stride) * stride
 
 
 def letterbox_square(shapes: list[tuple[int, ...]], square: bool) -> bool:

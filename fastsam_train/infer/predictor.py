@@ -18,7 +18,7 @@ import torch
 
 from fastsam_train.infer import prompts as P
 from fastsam_train.infer.geometry import letterbox_batch
-from fastsam_train.infer.official import check_protocol, letterbox_square
+from fastsam_train.infer.official import check_protocol, letterbox_square, official_imgsz
 from fastsam_train.infer.output import decode_rle
 from fastsam_train.infer.postprocess import (
     Segmentation,
@@ -120,10 +120,11 @@ class Predictor:
         batch = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
         o, t0 = self.options, time.perf_counter()
         arrays = [read_image(im) for im in batch]
-        square = o.square
+        square, imgsz = o.square, o.imgsz
         if o.mask_protocol == "official":  # 8.0.120: mixed shapes -> imgsz x imgsz
             square = letterbox_square([a.shape for a in arrays], o.square)
-        x, boxes = letterbox_batch(arrays, o.imgsz, square=square)
+            imgsz = official_imgsz(o.imgsz)
+        x, boxes = letterbox_batch(arrays, imgsz, square=square)
         x = x.to(self.device)
         x = x.half() / 255 if self.half else x.float() / 255
         t1 = time.perf_counter()
