@@ -143,6 +143,8 @@ class SamEverything:
         generator = mask_generator(self.sam, probs, output_mode="coco_rle", **self.settings)
         out = []
         for image in images:
+            # generate() without its record formatting: the MaskData keeps the probabilities
+            # (pinned segment-anything==1.0; the test checks the masks and scores against it)
             data = generator._generate_masks(np.ascontiguousarray(image))
             rles = [coco_encode_rle(r) for r in data["rles"]]
             score = (np.asarray(data["iou_preds"], np.float64)

@@ -142,6 +142,12 @@ def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monk
     # detections with class-agnostic category ids (FastSAM issue #183's silent 0.000)
     (tmp_path / "dets.json").write_text(json.dumps(
         [{"image_id": 142238, "category_id": 0, "bbox": [0, 0, 10, 10], "score": 1.0}]))
+    # an instance pool the model's run cannot serve, named at config time
+    cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "d", "coco_instance"),
+                       f"task.detections={tmp_path / 'dets.json'}", "model.conf=0.4")
+    with pytest.raises(ValueError, match=r"task.pools.proposals .conf 0.001, max_det 1000. is "
+                                         r"not inside the model's run .model.conf 0.4"):
+        eval_run.run(cfg)
     with pytest.raises(ValueError, match="category ids are not in the ground truth"):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "c", "coco_instance"),
                                   f"task.detections={tmp_path / 'dets.json'}"))
