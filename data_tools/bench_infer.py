@@ -1,7 +1,12 @@
-"""FastSAM's Table 1 on this machine: ms per image, FastSAM-x / -s against SAM ViT-B.
+"""FastSAM's Table 1 on this machine: ms per image, FastSAM-x / -s against SAM ViT-B and ViT-H.
 
-    python data_tools/bench_infer.py            # one full run (SAM E32 alone takes ~6 min/image)
-    python data_tools/bench_infer.py --quick    # skips SAM E32 and extrapolates it (labelled)
+    python data_tools/bench_infer.py              # one full run (about an hour on 2 CPU cores)
+    python data_tools/bench_infer.py --quick      # SAM E32 / E64 extrapolated from E16 (labelled)
+    python data_tools/bench_infer.py --skip-slow  # also no SAM ViT-H row
+
+Columns as the paper's Table 1: 1 / 10 / 100 point prompts and everything mode with a 16 x 16,
+32 x 32 and 64 x 64 point grid (SAM's E16 / E32 / E64; FastSAM's everything mode is one pass
+whatever the grid). The paper's own rows (as its text reads) are printed above ours.
 
 All networks have random weights (speed does not depend on them; no download). FastSAM runs the
 whole pipeline (letterbox, network at 1024, NMS, masks at the original resolution): with the
@@ -33,6 +38,13 @@ from fastsam_train.infer.text import masked_crops, score_masks
 from fastsam_train.infer.weights import Weights, build_network
 
 POINTS = (1, 10, 100)
+GRIDS = (16, 32, 64)  # SAM everything mode: points per side
+SAM_TYPES = ("vit_b", "vit_h")
+# FastSAM Table 1 (ms/image, RTX 3090) as ../shared/paper/fastsam_arxiv_2306.12156.txt reads:
+# the E64 column and the FastSAM row are cut off there ("cut").
+PAPER_TABLE1 = {"SAM-H (0.6G)": [446, 464, 627, 852, 2099, "cut"],
+                "SAM-B (136M)": [110, 125, 230, 432, 1383, "cut"],
+                "FastSAM (68M)": ["cut"] * 6}
 
 
 def synthetic_image(h: int = 768, w: int = 1024, seed: int = 0) -> np.ndarray:
@@ -62,7 +74,7 @@ def fastsam_rows(scale: str, image: np.ndarray, repeats: int) -> dict:
     model = ultra.build_model(scale)
     weights = Weights({"arch": "yolov8-seg", "scale": scale, "nc": 1, "reg_max": 26},
                       model.state_dict(), "random")
-    official = Predictor(build_network(weights))  # imgsz 1024, conf 0.4, iou 0.9, max_det 100
+    official = Predictor(build_network(weights))  # imgsz 1024, conf 0.4, iou 0.9, max_det 300
     many = official.with_options(conf=0.001, max_det=300)
     official.everything(image)  # warm-up
     row = {}
@@ -120,13 +132,17 @@ def realistic_post(predictor: Predictor, image: np.ndarray, repeats: int) -> tup
     return seconds, len(seg)
 
 
-def sam_rows(image: np.ndarray, quick: bool) -> dict:
+def sam_rows(image: np.ndarray, kind: str, quick: bool) -> dict:
+    """SAM ``kind`` (random weights): image encoder, 1 / 10 / 100 point prompts (encoder + one
+    decoder pass over all points), everything mode at 16 / 32 / 64 points per side
+    (``SamAutomaticMaskGenerator``). ``quick``: E32 and E64 extrapolated from E16 as encoder +
+    (grid / 16)^2 x (E16 - encoder), labelled."""
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
     torch.manual_seed(0)
-    sam = sam_model_registry["vit_b"](checkpoint=None).eval()
+    sam = sam_model_registry[kind](checkpoint=None).eval()
     predictor = SamPredictor(sam)
-    row = {}
+    row = {"extrapolated": []}
     with torch.inference_mode():
         row["encoder"], _ = timed(lambda: predictor.set_image(image))
         rng = np.random.default_rng(0)
@@ -138,16 +154,16 @@ def sam_rows(image: np.ndarray, quick: bool) -> dict:
             row[f"decode_{n}"], _ = timed(lambda c=coords, lab=labels: predictor.predict_torch(
                 c, lab, multimask_output=True))
             row[f"points_{n}"] = row["encoder"] + row[f"decode_{n}"]
-        row["E16"], masks = timed(lambda: SamAutomaticMaskGenerator(
-            sam, points_per_side=16).generate(image))
-        row["E16_masks"] = len(masks)
-        if quick:
-            row["E32"] = row["encoder"] + 4 * (row["E16"] - row["encoder"])
-            row["E32_extrapolated"] = True
-        else:
-            row["E32"], masks = timed(lambda: SamAutomaticMaskGenerator(
-                sam, points_per_side=32).generate(image))
-            row["E32_masks"] = len(masks)
+        for grid in GRIDS:
+            if quick and grid > GRIDS[0]:
+                scale = (grid / GRIDS[0]) ** 2
+                row[f"E{grid}"] = row["encoder"] + scale * (row[f"E{GRIDS[0]}"] - row["encoder"])
+                row["extrapolated"].append(f"E{grid}")
+                continue
+            row[f"E{grid}"], masks = timed(lambda g=grid: SamAutomaticMaskGenerator(
+                sam, points_per_side=g).generate(image))
+            row[f"E{grid}_masks"] = len(masks)
+            print(f"SAM {kind} E{grid} done", flush=True)
     return row
 
 
@@ -219,20 +235,32 @@ def batching_ceiling(clip, seconds_per_call: float) -> dict:
 
 
 def print_table(results: dict) -> None:
-    sam, cols = results.get("sam"), [f"{n} pt" for n in POINTS] + ["E16", "E32"]
-    print("\nms per image (one 1024x768 image, everything mode includes post-processing)")
+    cols = [f"{n} pt" for n in POINTS] + [f"E{g}" for g in GRIDS]
+    print("\nFastSAM paper, Table 1 (ms/image, one RTX 3090; as its text reads)")
     print(f"{'method':<34}" + "".join(f"{c:>12}" for c in cols))
-    if sam:
-        vals = [sam[f"points_{n}"] for n in POINTS] + [sam["E16"], sam["E32"]]
-        mark = " *" if sam.get("E32_extrapolated") else ""
-        print(f"{'SAM ViT-B':<34}" + "".join(f"{v * 1e3:>12.0f}" for v in vals) + mark)
+    for name, vals in PAPER_TABLE1.items():
+        print(f"{name:<34}" + "".join(f"{v:>12}" for v in vals))
+    print("\nhere: ms per image (one 1024x768 image, everything mode includes post-processing)")
+    print(f"{'method':<34}" + "".join(f"{c:>12}" for c in cols))
+    marks = []
+    for kind in SAM_TYPES:
+        sam = results.get(f"sam_{kind}")
+        if not sam:
+            continue
+        vals = [f"{sam[f'points_{n}'] * 1e3:.0f}" for n in POINTS]
+        vals += [f"{sam[f'E{g}'] * 1e3:.0f}" + ("*" if f"E{g}" in sam["extrapolated"] else "")
+                 for g in GRIDS]
+        marks += sam["extrapolated"]
+        print(f"{'SAM ViT-' + kind[-1].upper():<34}"
+              + "".join(f"{v:>12}" for v in vals))
     for scale in ("x", "s"):
         r = results[scale]
-        vals = [r["many"] + r[f"points_{n}"] for n in POINTS] + [r["many"], r["many"]]
+        vals = [r["many"] + r[f"points_{n}"] for n in POINTS] + [r["many"]] * len(GRIDS)
         name = f"FastSAM-{scale} ({r['many_masks']} masks)"
         print(f"{name:<34}" + "".join(f"{v * 1e3:>12.0f}" for v in vals))
-    if sam and sam.get("E32_extrapolated"):
-        print("* E32 extrapolated from E16: encoder + 4 x (E16 - encoder) (--quick)")
+    if marks:
+        print("* extrapolated from E16: encoder + (grid / 16)^2 x (E16 - encoder) "
+              "(--quick / --skip-slow)")
     print("\nFastSAM everything mode in detail (median of the repeats)")
     for scale in ("x", "s"):
         r = results[scale]
@@ -246,13 +274,13 @@ def print_table(results: dict) -> None:
         print(f"  FastSAM-{scale} SA-1B-like boxes: post-processing {real * 1e3:.0f} ms for "
               f"{r['realistic_masks']} masks = {real / total:.1%} of forward + post")
     print("\nratios")
-    if sam:
-        for scale in ("x", "s"):
+    for kind in SAM_TYPES:
+        sam = results.get(f"sam_{kind}")
+        for scale in ("x", "s") if sam else ():
             r = results[scale]
-            print(f"  SAM-B E32 / FastSAM-{scale} everything: {sam['E32'] / r['many']:.1f}x   "
-                  f"SAM-B E16 / FastSAM-{scale}: {sam['E16'] / r['many']:.1f}x   "
-                  f"SAM-B 100 pt / FastSAM-{scale} 100 pt: "
-                  f"{sam['points_100'] / (r['many'] + r['points_100']):.1f}x")
+            print(f"  SAM {kind} E32 / FastSAM-{scale} everything: {sam['E32'] / r['many']:.1f}x"
+                  f"   E64: {sam['E64'] / r['many']:.1f}x   E16: {sam['E16'] / r['many']:.1f}x"
+                  f"   100 pt: {sam['points_100'] / (r['many'] + r['points_100']):.1f}x")
     for scale in ("x", "s"):
         r = results[scale]
         print(f"  FastSAM-{scale} 100 pt / 1 pt: "
@@ -272,7 +300,10 @@ def print_table(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="skip SAM E32 (extrapolated)")
+    parser.add_argument("--quick", action="store_true",
+                        help="SAM E32 / E64 extrapolated from E16 (labelled)")
+    parser.add_argument("--skip-slow", action="store_true",
+                        help="the slow rows: no SAM ViT-H, SAM E32 / E64 extrapolated")
     parser.add_argument("--no-sam", action="store_true", help="FastSAM rows only")
     parser.add_argument("--no-text", action="store_true", help="skip the CLIP text benchmark")
     parser.add_argument("--image", help="an image file instead of the synthetic 1024x768 one")
@@ -290,8 +321,8 @@ def main() -> None:
     if not args.no_text:
         results["text"] = text_rows(results["x"]["segmentation"], image)
         print("text done", flush=True)
-    if not args.no_sam:
-        results["sam"] = sam_rows(image, args.quick)
+    for kind in () if args.no_sam else SAM_TYPES[:1] if args.skip_slow else SAM_TYPES:
+        results[f"sam_{kind}"] = sam_rows(image, kind, args.quick or args.skip_slow)
     for scale in ("x", "s"):
         results[scale].pop("segmentation")
     print_table(results)

@@ -47,7 +47,8 @@ class Predictor(Protocol):
 
     ``predict(images)``: RGB uint8 arrays (H, W, 3) -> one dict per image with ``scores`` (n,),
     ``boxes`` (n, 4) xyxy in original pixels, and either ``masks`` bool (n, H, W) at the original
-    image size (numpy or torch) or ``rles`` (n COCO RLE dicts of size [H, W]).
+    image size (numpy or torch) or ``rles`` (n COCO RLE dicts of size [H, W]). A predictor with
+    ``needs_records = True`` (SAM's box prompts) is called ``predict(images, records)``.
     """
 
     def predict(self, images: list[np.ndarray]) -> list[dict]: ...
@@ -185,7 +186,8 @@ def inference_stream(dataset: EvalDataset, predictor: Predictor, images: list[di
         t0 = time.perf_counter()
         arrays = [read_rgb(dataset.image_path(im), im, max_pixels) for im in batch]
         t1 = time.perf_counter()
-        outputs = predictor.predict(arrays)
+        outputs = predictor.predict(arrays, batch) if getattr(predictor, "needs_records", False) \
+            else predictor.predict(arrays)
         t2 = time.perf_counter()
         if len(outputs) != len(batch):
             raise ValueError(f"predictor returned {len(outputs)} outputs for {len(batch)} images")

@@ -10,8 +10,9 @@ numbers are checked against BSR's own demo outputs and pyedgeeval in tests/test_
 ``EdgeMapWriter`` that keeps every map as the 8-bit PNG the benchmark reads. Matching runs in
 worker processes while the model runs in the main one.
 
-FastSAM's maps follow SAM's protocol (``eval.bsds.masks``): everything-mode probability maps ->
-Sobel on each, kept on the mask's outer boundary -> max -> normalise -> edge NMS.
+The model's maps (FastSAM, or SAM with ``model=sam``) follow SAM's protocol
+(``eval.bsds.masks``): everything-mode probability maps -> Sobel on each, kept on the mask's
+outer boundary -> max -> normalise -> edge NMS.
 """
 
 from __future__ import annotations
@@ -41,17 +42,20 @@ from eval.core import MAX_PIXELS
 from eval.datasets import data_root
 from fastsam_train.images import read_image
 
-# FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50.
+# FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50, as the paper
+# text in ../shared/paper reads; CUT: no number there (cut off), "—": the text prints a dash.
+CUT = "cut in text"
 PAPER = {
-    "HED": (0.788, 0.808, 0.840, 0.923),
-    "Sobel filter": (0.539, None, None, None),
-    "Canny": (0.600, 0.640, 0.580, None),
-    "Felz-Hutt": (0.610, 0.640, 0.560, None),
-    "SAM": (0.768, 0.786, 0.794, 0.928),
-    "FastSAM": (0.750, 0.790, 0.793, 0.903),
+    "HED": (0.788, 0.808, 0.840, CUT),
+    "EDETR": (0.840, 0.858, 0.896, CUT),
+    "Sobel filter": (0.539, "—", CUT, CUT),
+    "Canny": (0.600, 0.640, CUT, CUT),
+    "Felz-Hutt": (0.610, 0.640, 0.560, CUT),
+    "SAM": (0.768, 0.786, 0.794, CUT),
+    "FastSAM": (0.750, 0.790, 0.793, CUT),
 }
 COLUMNS = ("ods", "ois", "ap", "r50")
-LABELS = {"fastsam": "FastSAM", "sobel": "Sobel", "canny": "Canny"}  # method -> row name
+LABELS = {"fastsam": "FastSAM", "sam": "SAM", "sobel": "Sobel", "canny": "Canny"}  # row names
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".bmp", ".tif")
 
 
@@ -124,8 +128,10 @@ def edge_stream(records: Sequence[dict], predictor, batch_size: int = 1,
 
 
 # --- methods --------------------------------------------------------------------------------
-class FastSAMEdges:
-    """Everything mode with probability maps -> SAM's edge protocol (``edges_from_masks``)."""
+class MaskEdges:
+    """A model's everything mode with probability maps (``everything(images, probs=True)``:
+    FastSAM's ``Predictor`` or ``eval.sam.SamEverything``) -> SAM's edge protocol
+    (``edges_from_masks``)."""
 
     def __init__(self, predictor, nms: bool = True) -> None:
         self.predictor, self.nms = predictor, nms
@@ -225,6 +231,8 @@ class EdgeMapWriter:
 
 # --- report ---------------------------------------------------------------------------------
 def _cell(v) -> str:
+    if isinstance(v, str):
+        return v
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
@@ -236,15 +244,18 @@ def markdown(results: dict[str, BoundaryScores], info: dict) -> str:
     ours = [f"| **{LABELS.get(name, name)} (ours)** | "
             + " | ".join(_cell(getattr(s, c)) for c in COLUMNS) + " |"
             for name, s in results.items()]
+    from eval.report import model_line
+
     return "\n".join([
         "# bsds_edges: BSDS500 test, zero-shot edge detection (FastSAM Table 2)", "",
         f"{info.get('images', '?')} images of `{info.get('image_dir', '?')}`; ground truth "
         f"`{info.get('gt_dir', '?')}`; {info.get('nthresh', 99)} thresholds, maxDist "
         f"{info.get('max_dist', 0.0075)}, {'exact' if info.get('exact', True) else 'fast'} "
-        "matching.", "", head, *paper, *ours, "",
-        "Paper rows: FastSAM (arXiv:2306.12156) Table 2, which copies SAM's Table 3 for the "
-        "rows above it. AP is BSR's Area_PR; R50 is edgesEvalDir's recall at 50% precision.",
-        ""])
+        "matching.", "", model_line(info), "", head, *paper, *ours, "",
+        "Paper rows: FastSAM (arXiv:2306.12156v1) Table 2, which copies SAM's Table 3 for the "
+        "rows above it, as they read in ../shared/paper/fastsam_arxiv_2306.12156.txt: \"cut "
+        "in text\" marks cells the text has no number for (cut off there), — a dash it prints. "
+        "AP is BSR's Area_PR; R50 is edgesEvalDir's recall at 50% precision.", ""])
 
 
 def write_outputs(out: Path, results: dict[str, BoundaryScores], counts: dict[str, dict],

@@ -2,11 +2,11 @@
 the AR-vs-#proposals plot (FastSAM Figure 5), the raw predictions (RLE) for re-evaluation, and
 the same metrics on any configured Lightning logger (wandb offline works without a login).
 
-Paper numbers (percent): the FastSAM rows are those of arXiv:2306.12156 Tables 3-6 (COCO
-proposals AR@10/100/1000 15.7/47.3/63.7, LVIS box AR@1000 57.1, LVIS mask AR@1000 49.7, COCO
-instance AP 37.9 with ViTDet-H boxes). The other rows (SAM-H/B, ViTDet-H), the COCO AUC and the
-LVIS size columns are the same tables as published by the authors in the FastSAM README
-(CASIA-IVA-Lab/FastSAM, "Results"); cells we could not confirm are "—".
+Paper rows (percent) are transcribed from the paper text in ``../shared/paper/``
+(``fastsam_arxiv_2306.12156.txt``, an OCR of arXiv:2306.12156v1), Tables 3-6, cell by cell.
+That text is cut in places; such cells say so instead of holding a number: ``CUT`` (no number
+there), ``"32.…"`` (only the leading digits survive), ``—`` (the paper prints a dash, or the
+table has no such column).
 """
 
 from __future__ import annotations
@@ -25,70 +25,100 @@ from eval.core import Prediction, to_prediction
 log = logging.getLogger(__name__)
 
 DASH = "—"
+CUT = "cut in text"
 SIZES = [("all", "ar_1000"), ("small", "ar_s_1000"), ("med.", "ar_m_1000"),
          ("large", "ar_l_1000"), ("freq.", "ar_f_1000"), ("com.", "ar_c_1000"),
          ("rare", "ar_r_1000")]
-SOURCES = ("FastSAM rows: arXiv:2306.12156 Tables 3-6; SAM / ViTDet-H rows, COCO AUC and LVIS "
-           "size columns: the authors' README (CASIA-IVA-Lab/FastSAM), which reproduces those "
-           "tables. — = not published there / not confirmed.")
+SOURCES = ("paper rows: the FastSAM paper (arXiv:2306.12156v1) Tables 3-6 as they read in "
+           "../shared/paper/fastsam_arxiv_2306.12156.txt. \"cut in text\": the text has no "
+           "number for that cell (it is cut off there); \"32.…\": only the leading digits "
+           "survive; — : the paper prints a dash, or its table has no such column.")
 
 BOTH = [("ours (box)", "box"), ("ours (mask)", "mask")]
 MASK = [("ours", "mask")]
 
-# task -> tables: (title, [(column, metric suffix)], {method: percent or None}, our rows)
+# task -> tables: (title, [(column, metric suffix)], {method: percent / marker}, our rows)
 PAPER: dict[str, list[tuple[str, list, dict[str, list], list]]] = {
     "coco_ar": [
         ("COCO val2017: class-agnostic box proposals (FastSAM Table 3)",
          [("AR10", "ar_10"), ("AR100", "ar_100"), ("AR1000", "ar_1000"), ("AUC", "auc")],
-         {"SAM-H E64": [15.5, 45.6, 67.7, 32.1], "SAM-H E32": [18.5, 49.5, 62.5, 33.7],
-          "SAM-B E32": [11.4, 39.6, 59.1, 27.3], "FastSAM": [15.7, 47.3, 63.7, 32.2]}, BOTH),
-        ("COCO val2017: AR@1000 by object size", SIZES[:4], {}, BOTH),
+         {"EdgeBoxes": [7.4, 17.8, 33.8, "13.…"],  # the text reads "74": its AR10 lost a point
+          "Geodesic": [4.0, 18.0, 35.9, "12.…"],
+          "Sel.Search": [5.2, 16.3, 35.7, "12.…"],
+          "MCG": [10.1, 24.6, 39.8, "18.…"],
+          "DeepMask": [13.9, 28.6, 43.1, "21.…"],
+          "OLN-Box": [27.7, 46.1, 55.7, "34.…"],
+          "SAM-H E64": [15.5, 45.6, 67.7, "32.…"], "SAM-H E32": [18.5, 49.5, 62.5, "33.…"],
+          "SAM-B E32": [11.4, 39.6, 59.1, "27.…"], "FastSAM": [15.7, 47.3, 63.7, "32.…"]},
+         BOTH),
+        ("COCO val2017: AR@1000 by object size (not in the paper)", SIZES[:4], {}, BOTH),
     ],
     "lvis_ar": [
         ("LVIS v1 val: box AR@1000 (FastSAM Table 4)", SIZES,
-         {"ViTDet-H (supervised)": [65.0, 53.2, 83.3, 91.2, None, None, None],
-          "SAM-H E64": [52.1, 36.6, 75.1, 88.2, None, None, None],
-          "SAM-H E32": [50.3, 33.1, 76.2, 89.8, None, None, None],
-          "SAM-B E32": [45.0, 29.3, 68.7, 80.6, None, None, None],
-          "FastSAM": [57.1, 44.3, 77.1, 85.3, None, None, None]}, [("ours", "box")]),
-        ("LVIS v1 val: mask AR@1000 (FastSAM Table 5)", SIZES,
-         {"SAM": [None] * 7, "FastSAM": [49.7, None, None, None, None, None, None]}, MASK),
+         {"ViTDet-H": [65.0, 53.2, 83.3, CUT, DASH, DASH, DASH],
+          "SAM-H E64": [52.1, 36.6, 75.1, "88.…", DASH, DASH, DASH],
+          "SAM-H E32": [50.3, 33.1, 76.2, "89.…", DASH, DASH, DASH],
+          "SAM-B E32": [45.0, 29.3, 68.7, "80.…", DASH, DASH, DASH],
+          "FastSAM": [57.1, 44.3, 77.1, "85.…", DASH, DASH, DASH]}, [("ours", "box")]),
+        ("LVIS v1 val: mask AR@1000 (FastSAM Table 5; the authors' replication)", SIZES,
+         {"rows quoted from SAM's paper": [CUT] * 7,
+          "ViTDet-H": [59.9, 48.3, 78.1, 84.8, DASH, DASH, CUT],
+          "SAM-H E64": [54.2, 39.6, 77.9, "83.…", CUT, CUT, CUT],
+          "SAM-H E32": [51.8, 35.2, 78.7, 85.2, DASH, DASH, CUT],
+          "SAM-B E32": [45.8, 31.1, 70.5, 73.6, DASH, DASH, CUT],
+          "FastSAM": [49.7, 35.6, 72.7, 77.6, DASH, DASH, CUT]}, MASK),
     ],
     "coco_instance": [
         ("COCO val2017: instance segmentation from ViTDet-H boxes (FastSAM Table 6)",
          [("AP", "ap"), ("APS", "ap_s"), ("APM", "ap_m"), ("APL", "ap_l"), ("AP50", "ap50"),
           ("AP75", "ap75")],
-         {"ViTDet-H (its own masks)": [51.0, 32.0, 54.3, 68.9, None, None],
-          "SAM": [46.5, 30.8, 51.0, 61.7, None, None],
-          "FastSAM": [37.9, 23.9, 43.4, 50.0, None, None]}, MASK),
+         {"ViTDet-H (its own masks)": [51.0, 32.0, 54.3, 68.9, DASH, DASH],
+          "SAM": [46.5, 30.8, 51.0, 61.7, DASH, DASH],
+          "FastSAM": [37.9, 23.9, 43.4, 50.0, DASH, DASH]}, MASK),
     ],
     "lvis_instance": [
-        ("LVIS v1 val: instance segmentation from detector boxes (LVIS API, 300 dets/image)",
+        ("LVIS v1 val: instance segmentation from ViTDet-H boxes (FastSAM Table 6; LVIS API, "
+         "300 dets/image)",
          [("AP", "ap"), ("APS", "ap_s"), ("APM", "ap_m"), ("APL", "ap_l"), ("APr", "ap_r"),
           ("APc", "ap_c"), ("APf", "ap_f")],
-         {"SAM": [None] * 7, "FastSAM": [None] * 7}, MASK),
+         {"ViTDet-H (its own masks)": [46.6, 35.0, 58.0, "66.…", DASH, DASH, DASH],
+          "SAM": [44.7, 32.5, 57.6, "65.…", DASH, DASH, DASH],
+          "FastSAM": [34.5, 24.6, 46.2, "50.…", DASH, DASH, DASH]}, MASK),
     ],
 }
 PAPER_CURVE = {"coco_ar": ("box", {10: 15.7, 100: 47.3, 1000: 63.7})}
 
 
 def _cell(value) -> str:
+    if isinstance(value, str):
+        return value
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH
     return f"{value:.1f}"
 
 
+def model_line(info: dict) -> str:
+    """The model sentence of a report: which model, which weights, which mask protocol."""
+    if "model" not in info:
+        return ""
+    extra = f" ({info['sam_type']})" if info.get("sam_type") else ""
+    return (f"Model: {info['model']}{extra}, weights `{info.get('weights', '?')}`; mask "
+            f"protocol: **{info.get('mask_protocol', '?')}**.")
+
+
 def markdown(task: str, metrics: dict[str, float], info: dict) -> str:
-    """The paper's table(s) for ``task`` with our row(s) (metrics are fractions) underneath."""
+    """The paper's table(s) for ``task`` with our row(s) (metrics are fractions) underneath;
+    ``info["rows"]`` (label, metric prefix) replaces the task's default rows."""
     lines = [f"# {task}: {info.get('dataset', '')}", "",
              f"{int(metrics.get('images', 0))} of {info.get('dataset_images', '?')} images of "
-             f"`{info.get('annotation', '?')}`; predictions: `{info.get('source', '?')}`", ""]
+             f"`{info.get('annotation', '?')}`; predictions: `{info.get('source', '?')}`", "",
+             model_line(info), ""]
     for title, columns, rows, ours in PAPER[task]:
         lines += [f"## {title}", "", "| method | " + " | ".join(c for c, _ in columns) + " |",
                   "|---|" + "---|" * len(columns)]
         lines += [f"| {name} (paper) | " + " | ".join(_cell(v) for v in values) + " |"
                   for name, values in rows.items()]
-        for name, prefix in ours:
+        for name, prefix in info.get("rows") or ours:
             values = [metrics.get(f"{prefix}/{key}") for _, key in columns]
             lines.append(f"| **{name}** | " + " | ".join(
                 _cell(None if v is None else 100 * v) for v in values) + " |")

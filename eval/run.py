@@ -1,8 +1,11 @@
-"""Evaluate FastSAM on COCO / LVIS: ``python eval/run.py task=coco_ar model.weights=...``.
+"""Evaluate FastSAM (or SAM) on COCO / LVIS / BSDS500: ``python eval/run.py task=coco_ar
+model.weights=...`` (``model=sam model.checkpoint=... model.type=vit_h`` for SAM).
 
 Tasks: ``coco_ar`` / ``lvis_ar`` (class-agnostic proposals), ``coco_instance`` /
 ``lvis_instance`` (detector boxes as prompts, ``task.detections=<results.json>``),
-``bsds_edges`` (BSDS500 zero-shot edges, with Sobel / Canny rows; see eval/edges.py).
+``bsds_edges`` (BSDS500 zero-shot edges, with Sobel / Canny rows; see eval/edges.py). Models:
+``conf/model/fastsam.yaml`` (default; ``model.mask_protocol=official`` unless changed) and
+``conf/model/sam.yaml`` (eval/sam.py), checked before any work.
 ``predictions=<run>/predictions.jsonl.gz`` re-evaluates saved predictions without the model.
 Writes ``metrics.json``, ``report.md``, ``ar_curve.png`` and ``predictions.jsonl.gz`` to the
 Hydra run directory, and ``per_image.bin``: every image's match results as soon as it is scored.
@@ -28,29 +31,29 @@ from fastsam_train.entry import one_line_errors  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-class FastSAMEverything:
-    """``fastsam_train.infer.Predictor`` in everything mode as the loop's ``Predictor``."""
+def build_predictor(model_cfg: DictConfig, kind: str = "proposals", detections=None):
+    """The one place the model is built (``eval.models.build_model``): FastSAM everything mode
+    or SAM, for a task of ``kind``; ``detections`` by image id for SAM's box prompts."""
+    from eval.models import build_model
 
-    def __init__(self, predictor) -> None:
-        self.predictor = predictor
-
-    def predict(self, images: list) -> list[dict]:
-        segs = self.predictor.everything(images, rle=True)
-        return [{"rles": s.rles, "boxes": s.boxes, "scores": s.scores} for s in segs]
+    return build_model(model_cfg, kind, detections)
 
 
-def build_predictor(model_cfg: DictConfig):
-    """The one place the model is built: weights + everything-mode options -> Predictor."""
-    from fastsam_train.infer import Predictor
+def instance_pools(cfg: DictConfig) -> dict[str, dict]:
+    """The instance task's pools, each checked to be reachable from the model's own run."""
+    pools = OmegaConf.to_container(cfg.task.pools, resolve=True) if cfg.task.get("pools") \
+        else {"all": {"conf": cfg.model.conf, "max_det": cfg.model.max_det}}
+    for name, pool in pools.items():
+        if pool["conf"] < cfg.model.conf or pool["max_det"] > cfg.model.max_det:
+            raise ValueError(
+                f"task.pools.{name} (conf {pool['conf']}, max_det {pool['max_det']}) is not "
+                f"inside the model's run (model.conf {cfg.model.conf}, model.max_det "
+                f"{cfg.model.max_det}): lower model.conf / raise model.max_det")
+    return pools
 
-    cfg = OmegaConf.to_container(model_cfg, resolve=True)
-    weights, allow_pickle = cfg.pop("weights"), cfg.pop("allow_pickle")
-    return FastSAMEverything(Predictor.from_weights(
-        weights, allow_pickle=allow_pickle, device=cfg.pop("device"), half=cfg.pop("half"),
-        **cfg))
 
-
-def build_evaluator(task: DictConfig, gt: dict):
+def build_evaluator(task: DictConfig, gt: dict, detections=None, pools: dict | None = None,
+                    prompted: bool = False):
     if task.kind == "proposals":
         from eval.proposals import ProposalEvaluator
 
@@ -59,8 +62,21 @@ def build_evaluator(task: DictConfig, gt: dict):
     if task.kind == "instance":
         from eval.instance import InstanceEvaluator
 
-        return InstanceEvaluator(gt, task.detections, task.api, task.get("max_dets", 300))
+        return InstanceEvaluator(gt, task.detections if detections is None else detections,
+                                 task.api, task.get("max_dets", 300), pools, prompted)
     raise ValueError(f"task.kind must be 'proposals' or 'instance', got {task.kind!r}")
+
+
+def report_rows(task: DictConfig, model: DictConfig, pools: dict | None) -> list | None:
+    """Our rows in report.md for an instance task: one per pool (or SAM's box prompts)."""
+    if task.kind != "instance":
+        return None
+    from eval.instance import pool_prefix
+
+    if model.name == "sam":
+        return [("SAM (ours, box prompts)", "mask")]
+    return [(f"FastSAM (ours, {name} pool: conf {p['conf']:g}, <= {p['max_det']} masks)",
+             pool_prefix(name, i == 0)) for i, (name, p) in enumerate(pools.items())]
 
 
 def build_loggers(cfg: DictConfig) -> list:
@@ -79,32 +95,36 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def run_edges(cfg: DictConfig) -> dict[str, float]:
     """BSDS500 edges: every method of ``task.methods`` through the same loop and evaluator;
-    edge PNGs, BSR files, metrics.json, report.md and pr_curve.png in the run directory."""
+    edge PNGs, BSR files, metrics.json, report.md and pr_curve.png in the run directory.
+    ``model`` (or its name) in the methods is the configured model, FastSAM or SAM."""
     from eval.core import evaluate_stream
     from eval.edges import (
         BoundaryEvaluator,
         ClassicalEdges,
         EdgeMapWriter,
-        FastSAMEdges,
+        MaskEdges,
         bsds_folders,
         bsds_records,
         edge_stream,
         write_outputs,
     )
+    from eval.models import describe_model
     from eval.report import log_metrics
 
     task, out = cfg.task, Path(cfg.paths.output_dir)
     image_dir, gt_dir = bsds_folders(task.dataset, cfg.paths.data_dir, task.image_dir,
                                      task.gt_dir)
     records = bsds_records(image_dir, gt_dir, cfg.max_images)
-    methods = list(task.methods)
-    unknown = set(methods) - {"fastsam", *ClassicalEdges.FUNCTIONS}
+    model_aliases = {"model", "fastsam", "sam"}
+    methods = [cfg.model.name if m in model_aliases else m for m in task.methods]
+    unknown = set(methods) - {cfg.model.name, *ClassicalEdges.FUNCTIONS}
     if unknown or not methods:
-        raise ValueError(f"task.methods must name fastsam / sobel / canny, got {methods}")
+        raise ValueError(f"task.methods must name model (or {cfg.model.name}) / sobel / canny, "
+                         f"got {list(task.methods)}")
     results, counts, metrics, files = {}, {}, {"images": float(len(records))}, {}
     for method in methods:
-        if method == "fastsam":
-            predictor = FastSAMEdges(build_predictor(cfg.model).predictor, task.nms)
+        if method == cfg.model.name:
+            predictor = MaskEdges(build_predictor(cfg.model, "edges"), task.nms)
         else:
             predictor = ClassicalEdges(method, **task.baselines[method])
         evaluator = BoundaryEvaluator(task.nthresh, task.max_dist, task.exact, task.workers,
@@ -120,7 +140,7 @@ def run_edges(cfg: DictConfig) -> dict[str, float]:
     info = {"images": len(records), "dataset": task.dataset, "image_dir": str(image_dir),
             "gt_dir": str(gt_dir),
             "nthresh": task.nthresh, "max_dist": task.max_dist, "exact": task.exact,
-            "source": str(cfg.model.weights) if "fastsam" in methods else None,
+            **(describe_model(cfg.model) if cfg.model.name in methods else {}),
             "config": OmegaConf.to_container(cfg, resolve=True)}
     files.update(write_outputs(out, results, counts, info))
     log_metrics(build_loggers(cfg), task.name, metrics, files)
@@ -163,9 +183,11 @@ def open_log(cfg: DictConfig, dataset, images: list[dict]):
     return results_log, set(results_log.image_ids)
 
 
-def prediction_stream(cfg: DictConfig, dataset, todo: list[dict], timing: dict):
-    """(record, Prediction) of the ``todo`` images: saved predictions or the model; the model is
-    not built when nothing is left to predict."""
+def prediction_stream(cfg: DictConfig, dataset, todo: list[dict], timing: dict,
+                      detections: dict | None = None):
+    """(record, Prediction) of the ``todo`` images: saved predictions or the model (prompted
+    with ``detections`` if SAM on an instance task); the model is not built when nothing is left
+    to predict."""
     from eval.core import inference_stream, require_coverage
     from eval.report import read_predictions
 
@@ -178,13 +200,17 @@ def prediction_stream(cfg: DictConfig, dataset, todo: list[dict], timing: dict):
             read_predictions(cfg.predictions, every, cfg.model.max_det, only=wanted),
             dataset, wanted, cfg.allow_subset, str(cfg.predictions))
     dataset.check_images(todo)  # fail on a missing file before loading the model
-    return inference_stream(dataset, build_predictor(cfg.model), todo, cfg.batch_size,
+    predictor = build_predictor(cfg.model, cfg.task.kind, detections)
+    return inference_stream(dataset, predictor, todo, cfg.batch_size,
                             cfg.model.max_det, timing, cfg.max_pixels)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Build the dataset, evaluator and predictions stream; evaluate (resuming the run folder's
-    per-image log); write the report."""
+    """Check the model config; build the dataset, evaluator and predictions stream; evaluate
+    (resuming the run folder's per-image log); write the report."""
+    from eval.models import check_model_cfg, describe_model
+
+    check_model_cfg(cfg.model)
     if cfg.task.kind == "edges":
         return run_edges(cfg)
     from eval.core import evaluate_stream
@@ -192,10 +218,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from eval.report import PredictionWriter, log_metrics, write_report
 
     task, out = cfg.task, Path(cfg.paths.output_dir)
+    sam = cfg.model.name == "sam"
+    pools = instance_pools(cfg) if task.kind == "instance" and not sam else None
     dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root)
     images = dataset.images(cfg.max_images)
     dataset.check_annotated(images)  # recall over no objects would be nan
-    sinks, timing = [build_evaluator(task, dataset.gt)], {}
+    detections = None
+    if task.kind == "instance":
+        from eval.instance import load_detections
+
+        detections = load_detections(task.detections, dataset.gt)
+    evaluator = build_evaluator(task, dataset.gt, detections, pools,
+                                prompted=sam and task.kind == "instance")
+    sinks, timing = [evaluator], {}
     if cfg.save_predictions and not cfg.predictions:
         sinks.append(PredictionWriter(out / "predictions.jsonl.gz"))
     results_log, done = open_log(cfg, dataset, images)
@@ -204,15 +239,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
             log.info("%s: resuming, %d of %d images already evaluated (%s)", task.name,
                      len(done), len(images), results_log.path)
         todo = [im for im in images if im["id"] not in done]
-        metrics = evaluate_stream(prediction_stream(cfg, dataset, todo, timing), sinks,
-                                  len(todo), cfg.progress, desc=task.name, log=results_log,
-                                  replay=done)
+        stream = prediction_stream(cfg, dataset, todo, timing, detections)
+        metrics = evaluate_stream(stream, sinks, len(todo), cfg.progress, desc=task.name,
+                                  log=results_log, replay=done)
     finally:
         if results_log:
             results_log.close()
+    source = str(cfg.predictions) if cfg.predictions else describe_model(cfg.model)["weights"]
     info = {"dataset": dataset.name, "annotation": str(dataset.annotation),
-            "dataset_images": len(dataset.gt["images"]),
-            "source": str(cfg.predictions or cfg.model.weights), "resumed_images": len(done),
+            "dataset_images": len(dataset.gt["images"]), "source": source,
+            "resumed_images": len(done), **describe_model(cfg.model),
+            "rows": report_rows(task, cfg.model, pools),
             "timing_s": timing, "config": OmegaConf.to_container(cfg, resolve=True)}
     files = write_report(out, task.name, metrics, getattr(sinks[0], "curves", None), info)
     log_metrics(build_loggers(cfg), task.name, metrics, files)

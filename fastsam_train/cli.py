@@ -7,7 +7,8 @@
     fastsam export-onnx --weights fastsam_x_weights.pt --imgsz 1024 --out fastsam_x.onnx
 
 ``predict`` writes ``<out>/<image stem>.png`` (masks drawn over the image) and ``.json`` (COCO RLE
-masks, xywh boxes, scores). With prompts, only the masks they select are kept.
+masks, xywh boxes, scores). With prompts, only the masks they select are kept. Its defaults are
+``conf/predict.yaml`` (read through the package: ``fastsam_train/conf/predict.yaml`` links to it).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from fastsam_train.infer import (
     ImageReadError,
@@ -36,6 +39,22 @@ from fastsam_train.infer.output import overlay, save_json, save_png
 from fastsam_train.infer.prompts import check_boxes, check_points, check_texts
 
 USER_ERRORS = (PromptError, ImageReadError, PickleRequiredError, FileNotFoundError, ValueError)
+PROMPT_KEYS = {"point_mode", "text_score", "text_crop", "clip_model", "clip_pretrained"}
+
+
+def predict_config() -> tuple[PredictOptions, dict]:
+    """``conf/predict.yaml`` as (everything-mode ``PredictOptions``, prompt defaults). Unknown
+    or missing keys and bad values (e.g. a ``mask_protocol`` that does not exist) raise
+    ValueError naming them."""
+    source = resources.files("fastsam_train") / "conf" / "predict.yaml"
+    cfg = yaml.safe_load(source.read_text())
+    prompts = cfg.pop("prompts", None) or {}
+    names = {f.name for f in fields(PredictOptions)}
+    for what, got, want in (("", set(cfg), names), ("prompts.", set(prompts), PROMPT_KEYS)):
+        if got != want:
+            raise ValueError(f"{source}: unknown keys {sorted(got - want)} / missing keys "
+                             f"{sorted(want - got)} under {what or 'the top level'}")
+    return PredictOptions(**cfg), prompts
 
 
 def _numbers(count: int, what: str):
@@ -56,7 +75,7 @@ def _numbers(count: int, what: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    d = PredictOptions()
+    d, prompts = predict_config()
 
     p = sub.add_parser("predict", help="segment images (everything mode, optional prompts)")
     p.add_argument("images", nargs="+", help="image files")
@@ -68,23 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=d.conf, help="score threshold")
     p.add_argument("--iou", type=float, default=d.iou, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=d.max_det, help="masks kept per image")
+    p.add_argument("--mask-protocol", choices=("exact", "official"), default=d.mask_protocol,
+                   help="exact: each pixel at its true position; official: ultralytics "
+                        "8.0.120's mask assembly bit for bit (what the paper's numbers used)")
     p.add_argument("--batch", type=int, default=1, help="images per network batch")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help="refuse larger images (before decoding them)")
     p.add_argument("--points", nargs="+", type=_numbers(2, "a point"), metavar="X,Y")
     p.add_argument("--labels", nargs="+", type=int, metavar="L",
                    help="one per point: 1 foreground, 0 background (default all 1)")
-    p.add_argument("--point-mode", choices=("official", "any"), default="official",
+    p.add_argument("--point-mode", choices=("official", "any"), default=prompts["point_mode"],
                    help="official: one merged mask (FastSAM repo); any: every mask with a "
                         "foreground and no background point (ultralytics)")
     p.add_argument("--clean", action="store_true",
                    help="morphological clean-up of the official point mask")
     p.add_argument("--boxes", nargs="+", type=_numbers(4, "a box"), metavar="X1,Y1,X2,Y2")
     p.add_argument("--text", action="append", help="text prompt (repeatable)")
-    p.add_argument("--text-score", choices=("softmax", "cosine"), default="softmax")
-    p.add_argument("--clip-model", default="ViT-B-32",
+    p.add_argument("--text-score", choices=("softmax", "cosine"), default=prompts["text_score"])
+    p.add_argument("--text-crop", choices=("official", "masked"), default=prompts["text_crop"],
+                   help="official: the mask's box region of the image on a white canvas, then "
+                        "CLIP's preprocessing; masked: the object alone on black, square crop")
+    p.add_argument("--clip-model", default=prompts["clip_model"],
                    help="open_clip model name, or local-dir:/folder with open_clip_config.json")
-    p.add_argument("--clip-pretrained", default="openai",
+    p.add_argument("--clip-pretrained", default=prompts["clip_pretrained"],
                    help="open_clip weights: a tag (downloaded once by open_clip) or a file")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="skip the PNG")
@@ -114,8 +139,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predictor(args) -> Predictor:
+    """The predictor of ``conf/predict.yaml``'s options, with the command line's on top."""
     names = {f.name for f in fields(PredictOptions)}
-    options = {k: v for k, v in vars(args).items() if k in names}
+    defaults, _ = predict_config()
+    options = {**{f.name: getattr(defaults, f.name) for f in fields(PredictOptions)},
+               **{k: v for k, v in vars(args).items() if k in names}}
     if args.onnx:
         return Predictor.from_onnx(args.onnx, **{k: v for k, v in options.items()
                                                  if k != "imgsz"})
@@ -153,11 +181,12 @@ def _apply_prompts(predictor: Predictor, seg: Segmentation, image: np.ndarray, a
         from fastsam_train.infer.text import load_clip
 
         clip = load_clip(args.clip_model, args.clip_pretrained or None, args.device)
-        part = predictor.text(seg, image, args.text, clip, args.text_score)
+        part = predictor.text(seg, image, args.text, clip, args.text_score,
+                              crop=args.text_crop)
         parts.append((part, [f"text: {t}" for t in args.text][:len(part)]))
     merged = Segmentation(
         torch.cat([p.boxes for p, _ in parts]), torch.cat([p.scores for p, _ in parts]),
-        seg.image_hw, masks=torch.cat([p.masks for p, _ in parts]))
+        seg.image_hw, masks=torch.cat([p.masks for p, _ in parts]), extra=dict(seg.extra))
     return merged, [tag for _, tags in parts for tag in tags]
 
 

@@ -180,7 +180,9 @@ def test_bsds_edges_task_end_to_end(bsds, tiny_weights, tmp_path):
     assert saved["metrics"]["sobel"]["sobel/ods"] == pytest.approx(metrics["sobel/ods"])
     assert saved["paper"]["FastSAM"]["ods"] == PAPER["FastSAM"][0] == 0.750
     report = (out / "report.md").read_text()
-    assert "| FastSAM (paper) | 0.750 | 0.790 | 0.793 | 0.903 |" in report
+    assert "| FastSAM (paper) | 0.750 | 0.790 | 0.793 | cut in text |" in report
+    assert "| Sobel filter (paper) | 0.539 | — | cut in text | cut in text |" in report
+    assert "Model: FastSAM" in report and "mask protocol: **official**" in report
     assert f"| **Sobel (ours)** | {metrics['sobel/ods']:.3f} |" in report
     assert cv2.imread(str(out / "pr_curve.png")) is not None
     assert any(out.glob("wandb/offline-run-*/files/media/images/bsds_edges/pr_curve*.png"))
@@ -200,6 +202,7 @@ def test_streamed_scores_equal_the_png_benchmark(bsds, tmp_path):
 def test_task_config_model_options_and_cli_precedence():
     cfg = compose_eval("task=bsds_edges", "paths.output_dir=/tmp/unused")
     assert cfg.task.kind == "edges" and cfg.model.conf == 0.4 and cfg.model.max_det == 300
+    assert cfg.task.headline == "fastsam/ods" and cfg.model.mask_protocol == "official"
     assert compose_eval("task=bsds_edges", "model.conf=0.2").model.conf == 0.2
     assert compose_eval("task=coco_ar").model.conf == 0.001   # other tasks unchanged
 
@@ -219,7 +222,7 @@ def test_bad_input_names_the_file(bsds, tmp_path):
     with pytest.raises(ValueError, match="1000.mat"):
         eval_run.run(compose_eval(*edge_overrides((images, gts), tmp_path / "r2",
                                                   "task.methods=[sobel]", "task.workers=1")))
-    with pytest.raises(ValueError, match="task.methods"):
+    with pytest.raises(ValueError, match="task.methods must name model"):
         eval_run.run(compose_eval(*edge_overrides(bsds, tmp_path / "r3", "task.methods=[hed]")))
     with pytest.raises(FileNotFoundError, match="BSDS folder"):
         bsds_records(tmp_path / "nope", gts)

@@ -12,16 +12,24 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from eval.core import EmptyPredictionsError, evaluate_stream, to_prediction
-from eval.instance import InstanceEvaluator, load_detections, numpy_float_alias, select_masks
+from eval.instance import (
+    InstanceEvaluator,
+    box_rles,
+    load_detections,
+    numpy_float_alias,
+    pool_size,
+    select_masks,
+)
 
 
 def dense_select(masks: np.ndarray, box) -> int:
-    """FastSAM's box prompt, written out densely: IoU of each mask with the filled box whose
-    corners are truncated to int and clipped to the image; the first best mask."""
+    """FastSAM's box prompt (fastsam/prompt.py box_prompt), written out densely: IoU of each
+    mask with the filled box x1, y1, x1 + w, y1 + h, corners rounded with Python's round and
+    clipped to the image; the first best mask."""
     h, w = masks.shape[1:]
     x, y, bw, bh = box
-    x1, y1 = min(max(int(x), 0), w), min(max(int(y), 0), h)
-    x2, y2 = min(max(int(x + bw), 0), w), min(max(int(y + bh), 0), h)
+    x1, y1 = min(max(round(x), 0), w), min(max(round(y), 0), h)
+    x2, y2 = min(max(round(x + bw), 0), w), min(max(round(y + bh), 0), h)
     inter = masks[:, y1:y2, x1:x2].sum((1, 2))
     union = (y2 - y1) * (x2 - x1) + masks.sum((1, 2)) - inter
     return int(np.argmax(inter / union))
@@ -46,6 +54,39 @@ def test_select_masks_is_fastsams_box_rule():
     best, iou = select_masks(rles, boxes, h, w)
     assert list(best) == [dense_select(masks, b) for b in boxes]
     assert ((0 <= iou) & (iou <= 1)).all()
+    # corners are rounded (half to even), not truncated: 10.6 -> 11, 2.5 -> 2, 16.5 -> 16
+    filled = mask_utils.decode(box_rles(np.array([[10.6, 2.5, 5.9, 14.0]]), h, w))[..., 0]
+    ys, xs = np.nonzero(filled)
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (11, 16, 2, 16)
+
+
+def test_pools_are_score_prefixes_and_box_prompted_masks_map_one_to_one():
+    """The official pool (score > conf, at most max_det masks) of one run, beside the whole run;
+    a prompted model (SAM) returns one mask per detection."""
+    gt = box_gt([[(10, 10, 100, 100)]])
+    image = gt["images"][0]
+    masks = np.zeros((3, 400, 400), bool)
+    masks[0, 0:300, 0:300] = True  # best score, a poor fit
+    masks[1, 10:110, 10:110] = True  # the object, scored below the official threshold
+    masks[2, 200:250, 200:250] = True
+    scores = np.array([0.9, np.float32(0.4), 0.2])  # exactly the threshold: outside the pool
+    pred = to_prediction(image, {"masks": masks, "boxes": np.zeros((3, 4)), "scores": scores})
+    assert pool_size(pred.scores, 0.4, 300) == 1 and pool_size(pred.scores, 0.001, 1) == 1
+    assert pool_size(pred.scores, 0.001, 1000) == 3
+    dets = [{"image_id": 1, "category_id": 7, "bbox": [10, 10, 100, 100], "score": 0.9}]
+    pools = {"official": {"conf": 0.4, "max_det": 300},
+             "proposals": {"conf": 0.001, "max_det": 1000}}
+    m = evaluate_stream([(image, pred)], [InstanceEvaluator(gt, dets, pools=pools)],
+                        progress=False)
+    assert m["mask/ap"] == 0 and m["mask_proposals/ap"] == pytest.approx(1.0)
+    prompted = to_prediction(image, {"masks": masks[1:2], "boxes": np.zeros((1, 4)),
+                                     "scores": np.array([0.9])})
+    m = evaluate_stream([(image, prompted)], [InstanceEvaluator(gt, dets, prompted=True)],
+                        progress=False)
+    assert m["mask/ap"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one mask per detection"):
+        evaluate_stream([(image, pred)], [InstanceEvaluator(gt, dets, prompted=True)],
+                        progress=False)
 
 
 def detections_for(gt: dict, seed: int, wrong_every: int = 5) -> list[dict]:

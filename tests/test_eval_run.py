@@ -79,7 +79,7 @@ def test_coco_ar_end_to_end_and_reevaluation(shared_data, tmp_path, monkeypatch)
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run"), "batch_size=2")
     gt = load_gt(Path(cfg.task.annotation))
     fake = GroundTruthPredictor(gt)
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg: fake)
+    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg, *a: fake)
     metrics = eval_run.run(cfg)
     out = tmp_path / "run"
     for name in ("metrics.json", "report.md", "ar_curve.png", "predictions.jsonl.gz"):
@@ -89,8 +89,10 @@ def test_coco_ar_end_to_end_and_reevaluation(shared_data, tmp_path, monkeypatch)
     assert saved["curves"]["mask"]["k"][-1] == 1000 and saved["dataset_images"] == 2
     assert 0.5 < metrics["mask/ar_1000"] < 1 and metrics["images"] == 2 and fake.calls == 1
     report = (out / "report.md").read_text()
-    assert "| FastSAM (paper) | 15.7 | 47.3 | 63.7 | 32.2 |" in report
+    assert "| FastSAM (paper) | 15.7 | 47.3 | 63.7 | 32.… |" in report  # AUC cut in the text
+    assert "| EdgeBoxes (paper) | 7.4 | 17.8 | 33.8 | 13.… |" in report
     assert f"| **ours (box)** | {100 * metrics['box/ar_10']:.1f} |" in report
+    assert "mask protocol: **official**" in report and "cut in text" in report
     again = eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "re"),
                                       f"predictions={out / 'predictions.jsonl.gz'}"))
     assert again == metrics
@@ -104,19 +106,26 @@ def test_coco_instance_end_to_end(shared_data, tmp_path, monkeypatch):
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run", "coco_instance"),
                        f"task.detections={tmp_path / 'dets.json'}", "logger=csv")
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg: GroundTruthPredictor(gt))
+    monkeypatch.setattr(eval_run, "build_predictor",
+                        lambda model_cfg, *a: GroundTruthPredictor(gt))
     metrics = eval_run.run(cfg)
-    assert 0.3 < metrics["mask/ap"] <= 1 and metrics["mask/boxes"] == len(dets)
+    # two pools of one run: official (score > 0.4, <= 300 masks) and proposals (all masks)
+    assert 0.3 < metrics["mask_proposals/ap"] <= 1 and metrics["mask/boxes"] == len(dets)
+    assert 0 < metrics["mask/ap"] < metrics["mask_proposals/ap"]
     logged = (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "coco_instance/mask/ap" in logged
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| FastSAM (paper) | 37.9 | 23.9 | 43.4 | 50.0 | — | — |" in report
+    assert f"| **FastSAM (ours, official pool: conf 0.4, <= 300 masks)** | " \
+        f"{100 * metrics['mask/ap']:.1f} |" in report
+    assert f"| **FastSAM (ours, proposals pool: conf 0.001, <= 1000 masks)** | " \
+        f"{100 * metrics['mask_proposals/ap']:.1f} |" in report
 
 
 def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monkeypatch):
     gt = load_gt(shared_data / "coco_sample" / "panoptic_coco_detection_format.json")
     monkeypatch.setattr(eval_run, "build_predictor",
-                        lambda model_cfg: GroundTruthPredictor(gt, empty=True))
+                        lambda model_cfg, *a: GroundTruthPredictor(gt, empty=True))
     with pytest.raises(EmptyPredictionsError, match="no proposals"):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "a")))
     # a missing image file: named, before the model is ever called
@@ -125,7 +134,7 @@ def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monk
     missing = sorted(images.iterdir())[0]
     missing.unlink()
     fake = GroundTruthPredictor(gt)
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg: fake)
+    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg, *a: fake)
     with pytest.raises(FileNotFoundError, match=missing.name):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "b"),
                                   f"task.image_root={images}"))
@@ -133,6 +142,12 @@ def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monk
     # detections with class-agnostic category ids (FastSAM issue #183's silent 0.000)
     (tmp_path / "dets.json").write_text(json.dumps(
         [{"image_id": 142238, "category_id": 0, "bbox": [0, 0, 10, 10], "score": 1.0}]))
+    # an instance pool the model's run cannot serve, named at config time
+    cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "d", "coco_instance"),
+                       f"task.detections={tmp_path / 'dets.json'}", "model.conf=0.4")
+    with pytest.raises(ValueError, match=r"task.pools.proposals .conf 0.001, max_det 1000. is "
+                                         r"not inside the model's run .model.conf 0.4"):
+        eval_run.run(cfg)
     with pytest.raises(ValueError, match="category ids are not in the ground truth"):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "c", "coco_instance"),
                                   f"task.detections={tmp_path / 'dets.json'}"))

@@ -365,9 +365,34 @@ def test_overlay_draws_every_mask_and_the_prompts():
     assert not np.array_equal(out[5, 5], out[3, 3])  # small mask drawn over the medium one
 
 
-def test_predict_yaml_mirrors_the_options():
-    assert OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "predict.yaml")) == \
-        asdict(PredictOptions())
+def test_predict_yaml_mirrors_the_options_and_is_what_the_cli_reads(tmp_path, monkeypatch):
+    from importlib import resources
+
+    import fastsam_train.cli as cli
+
+    yaml_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "predict.yaml"))
+    prompts = yaml_cfg.pop("prompts")
+    assert yaml_cfg == asdict(PredictOptions())
+    assert yaml_cfg["max_det"] == 300 and yaml_cfg["mask_protocol"] == "exact"
+    packaged = resources.files("fastsam_train") / "conf" / "predict.yaml"
+    assert Path(str(packaged)).resolve() == (REPO / "conf" / "predict.yaml").resolve()
+    args = cli.build_parser().parse_args(["predict", "a.jpg"])
+    assert (args.max_det, args.mask_protocol, args.text_crop) == (300, "exact", "official")
+    assert args.point_mode == prompts["point_mode"]
+    # the CLI's defaults follow the file
+    (tmp_path / "conf").mkdir()
+    edited = (REPO / "conf" / "predict.yaml").read_text().replace("max_det: 300", "max_det: 7")
+    (tmp_path / "conf" / "predict.yaml").write_text(edited)
+    monkeypatch.setattr(cli.resources, "files", lambda package: tmp_path)
+    assert cli.build_parser().parse_args(["predict", "a.jpg"]).max_det == 7
+    assert cli.predict_config()[0].max_det == 7
+    (tmp_path / "conf" / "predict.yaml").write_text(edited.replace(
+        "mask_protocol: exact", "mask_protocol: officail"))
+    with pytest.raises(ValueError, match="one of official, exact; got 'officail'"):
+        cli.predict_config()
+    (tmp_path / "conf" / "predict.yaml").write_text(edited + "maxdet: 3\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['maxdet'\]"):
+        cli.predict_config()
 
 
 def test_parallel_mask_assembly_equals_serial():

@@ -183,6 +183,27 @@ def test_cli_everything_and_prompts(files, image_file, tmp_path):
     assert prompts[0] == "box 0" and prompts[1:] == ["points"]
 
 
+def test_cli_mask_protocols(files, image_file, tmp_path, capsys):
+    """``--mask-protocol official`` runs ultralytics 8.0.120's mask assembly (tested against a
+    reference in test_infer_official) and the JSON says so; ``exact`` is the default. Same
+    detections either way (random weights: their masks fill their boxes, so masks agree too)."""
+    docs = {}
+    for protocol in (None, "official"):
+        out = tmp_path / str(protocol)
+        extra = ["--mask-protocol", protocol] if protocol else []
+        assert main(["predict", str(image_file), "--weights", str(files["ckpt"]), *SMALL,
+                     *extra, "--out", str(out), "--no-overlay"]) == 0
+        docs[protocol] = json.loads((out / "shapes.json").read_text())
+    assert docs[None]["mask_protocol"] == "exact"
+    assert docs["official"]["mask_protocol"] == "official"
+    assert [a["score"] for a in docs[None]["annotations"]] == \
+        [a["score"] for a in docs["official"]["annotations"]]
+    assert cli(["predict", str(image_file), "--weights", str(files["ckpt"]),
+                "--mask-protocol", "ultralytics"]) == 2
+    assert "invalid choice: 'ultralytics' (choose from 'exact', 'official')" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--points", "150,10"], "outside the 150x90 image"),
     (["--points", "10,10", "--labels", "1", "0"], "1 points but 2 labels"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastsam_train.infer import Predictor, PromptError, Segmentation
-from fastsam_train.infer.text import Clip, masked_crops, score_masks
+from fastsam_train.infer.text import Clip, masked_crops, official_crops, score_masks
 
 TINY_CLIP = {
     "model_cfg": {
@@ -75,6 +75,28 @@ def test_masked_crops_keep_only_the_object_in_a_square():
     assert crops[1, 1, 8, 8] == pytest.approx(230 / 255, abs=1e-3)
 
 
+def test_official_crops_are_the_box_region_unmasked_on_white():
+    """FastSAM's crop: the image inside the mask's tight box (also pixels the mask leaves out),
+    white elsewhere, through CLIP's resize + centre crop."""
+    image, masks = scene()
+    mask = torch.zeros(1, 60, 80, dtype=torch.bool)
+    mask[0, 5:25, 5:20] = True  # the left half of the red square ...
+    mask[0, 50, 70] = True  # ... and one pixel whose box takes in grey background
+    rgb = torch.from_numpy(image).permute(2, 0, 1)
+    crop = official_crops(rgb, mask, colour_clip())[0]
+    assert crop.shape == (3, 16, 16)
+    grey, red, white = 128 / 255, torch.tensor([230, 20, 20]) / 255, torch.ones(3)
+    green = torch.tensor([20, 230, 20]) / 255
+    # 60 x 80 -> 16 x 21, centre crop 16: the red square is crop columns 0-6, the mask's part
+    # of it columns 0-2; the grey row band 7-12 is inside the box, the green square beside it
+    assert torch.allclose(crop[:, 3, 5], red, atol=0.05)  # outside the mask, inside the box
+    assert torch.allclose(crop[:, 9, 3], torch.full((3,), grey), atol=0.02)  # background
+    assert torch.allclose(crop[:, 10, 12], green, atol=0.05)  # another object in the box
+    assert torch.allclose(crop[:, 15, 5], white, atol=0.02)  # outside the box
+    assert not (crop.amax(0) < 0.1).any()  # nothing black: nothing is masked out
+    assert masked_crops(rgb, mask, (16, 16)).amin(0).eq(0).any()  # the masked crop is on black
+
+
 def test_text_selects_the_named_object_in_one_batched_pass():
     image, masks = scene()
     seg = Segmentation(torch.zeros(3, 4), torch.tensor([0.9, 0.8, 0.7]), (60, 80), masks=masks)
@@ -82,7 +104,11 @@ def test_text_selects_the_named_object_in_one_batched_pass():
     predictor = Predictor(lambda x: None)
     out = predictor.text(seg, image, ["a green thing", "a red thing"], clip, mode="cosine")
     assert torch.equal(out.masks, masks[[1, 0]])
-    assert clip.model.image_calls == 1  # both crops in one forward pass
+    masked = predictor.text(seg, image, ["a green thing", "a red thing"], clip, crop="masked")
+    assert torch.equal(masked.masks, masks[[1, 0]])
+    with pytest.raises(ValueError, match="official, masked"):
+        predictor.text(seg, image, "red", clip, crop="square")
+    assert clip.model.image_calls == 2  # both crops in one forward pass, per call
     scores = out.extra["text_scores"]
     assert scores.shape == (2, 3) and scores[0, 2] == float("-inf")
     soft = predictor.text(seg, image, "red", clip).extra["text_scores"]

@@ -43,9 +43,9 @@ def segmentation_rles(seg: Segmentation) -> list[dict]:
 
 
 def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -> dict:
-    """A JSON-ready dict: image name and size, and per mask its COCO RLE ``segmentation``,
-    ``bbox`` (COCO xywh, original pixels), ``score``, ``area`` (pixels) and, if ``tags`` are
-    given, ``prompt`` (what selected the mask)."""
+    """A JSON-ready dict: image name and size, the ``mask_protocol`` that made the masks (when
+    known), and per mask its COCO RLE ``segmentation``, ``bbox`` (COCO xywh, original pixels),
+    ``score``, ``area`` (pixels) and, if ``tags`` are given, ``prompt`` (what selected it)."""
     rles = segmentation_rles(seg)
     if seg.areas is not None:
         areas = seg.areas.tolist()
@@ -61,8 +61,10 @@ def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -
                             "score": score, "area": int(area)})
     for annotation, tag in zip(annotations, tags or [], strict=tags is not None):
         annotation["prompt"] = tag
-    return {"image": image, "height": seg.image_hw[0], "width": seg.image_hw[1],
-            "annotations": annotations}
+    doc = {"image": image, "height": seg.image_hw[0], "width": seg.image_hw[1]}
+    if "mask_protocol" in seg.extra:
+        doc["mask_protocol"] = seg.extra["mask_protocol"]
+    return {**doc, "annotations": annotations}
 
 
 def save_json(seg: Segmentation, path: str | Path, image: str = "",

@@ -16,6 +16,12 @@ from fastsam_train.infer.geometry import (
     masks_from_prototypes,
     snap_boxes_to_border,
 )
+from fastsam_train.infer.official import (
+    check_protocol,
+    frame_region,
+    official_masks,
+    scale_boxes,
+)
 from fastsam_train.infer.output import encode_rle
 
 MAX_NMS = 30000  # candidates kept for NMS, highest scores first (ultralytics' max_nms)
@@ -101,28 +107,41 @@ def decode_detections(raw: torch.Tensor, conf: float, iou: float, max_det: int, 
 def segment_image(raw_det: tuple[torch.Tensor, torch.Tensor, torch.Tensor], proto: torch.Tensor,
                   lb: Letterbox, snap_border: float = 20.0, full_iou: float = 0.9,
                   probs: bool = False, rle: bool = False, chunk: int = 64,
-                  workers: int = 1) -> Segmentation:
+                  workers: int = 1, protocol: str = "exact") -> Segmentation:
     """One image's detections (network frame) and prototypes (32, hp, wp) -> ``Segmentation``.
 
-    Boxes are snapped to the image border first (``snap_border`` px in the network frame, 0 turns
-    it off) so the masks are cropped by the snapped boxes, as in the official predictor.
-    ``workers`` threads assemble masks in parallel (``masks_from_prototypes``).
+    Boxes are snapped to the border first (``snap_border`` px in the network frame, 0 turns it
+    off) so the masks are cropped by the snapped boxes, as in the official predictor.
+    ``protocol``: ``exact`` snaps to the image's own area, maps boxes back exactly and samples
+    each pixel at its true position (``workers`` threads assemble masks,
+    ``masks_from_prototypes``); ``official`` is FastSAM on ultralytics 8.0.120 bit for bit
+    (``official.py``: snap to the frame, ``scale_boxes``, ``process_mask_native``).
     """
+    official = check_protocol(protocol) == "official"
     boxes, scores, coefficients = raw_det
     if snap_border > 0 and len(boxes):
-        boxes = snap_boxes_to_border(boxes, lb.content_box, snap_border, full_iou)
-    boxes = boxes_to_original(boxes, lb)
+        region = frame_region(lb) if official else lb.content_box
+        boxes = snap_boxes_to_border(boxes, region, snap_border, full_iou)
+    boxes = scale_boxes(boxes, lb) if official else boxes_to_original(boxes, lb)
     n, (h0, w0) = len(boxes), lb.orig_hw
-    seg = Segmentation(boxes, scores, (h0, w0), rles=[] if rle else None)
+    seg = Segmentation(boxes, scores, (h0, w0), rles=[] if rle else None,
+                       extra={"mask_protocol": protocol})
     if not rle:
         seg.masks = lazy_zeros((n, h0, w0), torch.bool, proto.device)
     if probs:
         seg.probs = lazy_zeros((n, h0, w0), torch.float32, proto.device)
+    if official:
+        parts = official_masks(coefficients, proto, boxes, (h0, w0), chunk, probs, seg.masks,
+                               seg.probs)
+    else:
+        parts = masks_from_prototypes(coefficients, proto, boxes, lb, chunk, probs, seg.masks,
+                                      seg.probs, workers)
     areas = []
-    for _, masks, _, area in masks_from_prototypes(coefficients, proto, boxes, lb, chunk, probs,
-                                                   seg.masks, seg.probs, workers):
-        areas.append(area)
-        if rle:
-            seg.rles.extend(encode_rle(masks))
+    # official: one matmul and F.interpolate per chunk, run on ``workers`` torch threads
+    with torch_threads(workers) if official else contextlib.nullcontext():
+        for _, masks, _, area in parts:
+            areas.append(area)
+            if rle:
+                seg.rles.extend(encode_rle(masks))
     seg.areas = torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long)
     return seg

@@ -19,6 +19,7 @@ from fastsam_train import images
 from fastsam_train.images import ImageReadError
 from fastsam_train.infer import prompts as P
 from fastsam_train.infer.geometry import letterbox_batch
+from fastsam_train.infer.official import check_protocol, letterbox_square, official_imgsz
 from fastsam_train.infer.output import decode_rle
 from fastsam_train.infer.postprocess import (
     Segmentation,
@@ -34,19 +35,24 @@ ImageLike = str | Path | np.ndarray
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """Everything-mode settings. Defaults are the official FastSAM ``Inference.py`` ones;
-    ``conf/predict.yaml`` mirrors them (a test keeps the two equal)."""
+    """Everything-mode settings. Defaults are the official FastSAM ``Inference.py`` ones (on
+    ultralytics 8.0.120) except ``mask_protocol``; ``conf/predict.yaml`` holds the same values
+    (it is what ``fastsam predict`` reads; a test keeps the two equal)."""
 
     imgsz: int = 1024  # long side of the network input (FastSAM was trained at 1024)
     conf: float = 0.4  # score threshold; evaluation wants ~0.001 with max_det 1000
     iou: float = 0.9  # NMS IoU: high, because nested parts of objects are wanted
-    max_det: int = 100  # masks kept per image (official); AR@1000 needs 1000
-    snap_border: float = 20.0  # px (network frame) within which box sides snap to the image border
+    max_det: int = 300  # masks kept per image: Inference.py sets none, 8.0.120's default is 300
+    snap_border: float = 20.0  # px (network frame) within which box sides snap to the border
     full_iou: float = 0.9  # snapped boxes this close (IoU) to the whole image become it
     square: bool = False  # letterbox to imgsz x imgsz (fixed-shape ONNX) or to a stride multiple
     chunk: int = 64  # masks assembled at once: peak memory ~ chunk x image pixels x 5 bytes
     post_workers: int = 0  # threads assembling masks on the CPU (0: torch's thread count)
     max_pixels: int = 50_000_000  # larger images are refused before decoding (photos: 12-48 MP)
+    mask_protocol: str = "exact"  # exact: true pixel positions | official: 8.0.120 bit for bit
+
+    def __post_init__(self) -> None:
+        check_protocol(self.mask_protocol)
 
     def mask_threads(self) -> int:
         """The threads that assemble masks: ``post_workers``, or torch's thread count if 0."""
@@ -112,7 +118,11 @@ class Predictor:
         batch = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
         o, t0 = self.options, time.perf_counter()
         arrays = [read_image(im, o.max_pixels) for im in batch]
-        x, boxes = letterbox_batch(arrays, o.imgsz, square=o.square)
+        square, imgsz = o.square, o.imgsz
+        if o.mask_protocol == "official":  # 8.0.120: mixed shapes -> imgsz x imgsz
+            square = letterbox_square([a.shape for a in arrays], o.square)
+            imgsz = official_imgsz(o.imgsz)
+        x, boxes = letterbox_batch(arrays, imgsz, square=square)
         x = x.to(self.device)
         x = x.half() / 255 if self.half else x.float() / 255
         t1 = time.perf_counter()
@@ -122,7 +132,7 @@ class Predictor:
         with torch_threads(1):  # small ops: one intra-op thread, parallel over masks instead
             dets = decode_detections(raw, o.conf, o.iou, o.max_det, proto.shape[1])
             out = [segment_image(det, proto[i].float(), lb, o.snap_border, o.full_iou, probs,
-                                 rle, o.chunk, workers)
+                                 rle, o.chunk, workers, o.mask_protocol)
                    for i, (det, lb) in enumerate(zip(dets, boxes, strict=True))]
         t3 = time.perf_counter()
         self.timing = {"preprocess": t1 - t0, "forward": t2 - t1, "postprocess": t3 - t2}
@@ -169,10 +179,12 @@ class Predictor:
         return _with_masks(seg, masks, P.select_boxes(masks, bx, seg.areas))
 
     def text(self, seg: Segmentation, image: ImageLike, texts: str | Sequence[str], clip,
-             mode: str = "softmax", min_area: int = 100) -> Segmentation:
-        """For each text, the mask whose masked crop CLIP finds closest (``clip`` from
-        ``text.load_clip``); masks of at most ``min_area`` pixels are skipped, as the official
-        code does. ``extra["text_scores"]`` holds the (t, n) scores."""
+             mode: str = "softmax", min_area: int = 100, crop: str = "official") -> Segmentation:
+        """For each text, the mask whose crop CLIP finds closest (``clip`` from
+        ``text.load_clip``; ``crop``: ``official`` (the mask's box region of the image on white,
+        CLIP's preprocessing) or ``masked``, see ``text.py``); masks of at most ``min_area``
+        pixels are skipped, as the official code does. ``extra["text_scores"]`` holds the
+        (t, n) scores."""
         from fastsam_train.infer.text import score_masks
 
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -185,7 +197,7 @@ class Predictor:
         areas = P.mask_areas(masks) if seg.areas is None else seg.areas
         if not bool((areas > min_area).any()):
             return seg.subset(torch.zeros(0, dtype=torch.long))
-        scores = score_masks(clip, rgb, masks, texts, mode, min_area, areas=areas)
+        scores = score_masks(clip, rgb, masks, texts, mode, min_area, areas=areas, crop=crop)
         out = _with_masks(seg, masks, scores.argmax(1))
         out.extra["text_scores"] = scores
         return out

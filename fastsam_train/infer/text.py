@@ -1,14 +1,19 @@
-"""Text prompts: CLIP (open_clip) scores a masked crop of every mask against the text.
+"""Text prompts: CLIP (open_clip) scores a crop of every mask against the text.
 
-The model is loaded once per (name, weights, device) and cached. Crops are cut and resized in
-torch and encoded in batches: one forward pass per ``batch`` crops, never one per mask.
+Two crops: ``official`` (FastSAM's ``_crop_image``: the mask's bounding-box region of the
+image, unmasked, pasted on a white canvas of the image's size, then CLIP's own preprocessing:
+resize of the short side + centre crop) and ``masked`` (the object alone on black in a square
+around it, resized in torch). The model is loaded once per (name, weights, device) and cached;
+crops are encoded in batches: one forward pass per ``batch`` crops, never one per mask.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +30,18 @@ class Clip:
     mean: torch.Tensor  # (3, 1, 1)
     std: torch.Tensor
     device: torch.device
+    resize: Callable | None = None  # PIL image -> float (3, *size) in [0, 1]: the model's own
+    # preprocessing without its normalisation (None: open_clip's default, shortest side bicubic)
+
+    def pil_resize(self) -> Callable:
+        """CLIP's preprocessing up to (not including) normalisation, for PIL images."""
+        if self.resize is None:
+            from open_clip.transform import image_transform
+
+            self.resize = image_transform(self.size, is_train=False, mean=(0.0,) * 3,
+                                          std=(1.0,) * 3, resize_mode="shortest",
+                                          interpolation="bicubic")
+        return self.resize
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -47,15 +64,39 @@ def load_clip(model: str = "ViT-B-32", pretrained: str | None = "openai",
     ``local-dir:/folder`` holding ``open_clip_config.json`` and optionally the weights, which
     needs no network at all. Cached: the same arguments return the same object."""
     import open_clip  # optional dependency, imported only for text prompts
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     net = open_clip.create_model(model, pretrained=pretrained or None, device=device,
                                  pretrained_text=False)
     net.eval()
     cfg = net.visual.preprocess_cfg
     size = cfg["size"] if isinstance(cfg["size"], tuple | list) else (cfg["size"],) * 2
+    # the model's preprocessing with identity normalisation: encode_images normalises
+    resize = image_transform_v2(PreprocessCfg(**{**cfg, "mean": (0.0,) * 3, "std": (1.0,) * 3}),
+                                is_train=False)
     return Clip(net, open_clip.get_tokenizer(model), tuple(size),
                 torch.tensor(cfg["mean"], device=device).view(3, 1, 1),
-                torch.tensor(cfg["std"], device=device).view(3, 1, 1), torch.device(device))
+                torch.tensor(cfg["std"], device=device).view(3, 1, 1), torch.device(device),
+                resize)
+
+
+CROPS = ("official", "masked")
+
+
+def official_crops(image: torch.Tensor, masks: torch.Tensor, clip: Clip) -> torch.Tensor:
+    """FastSAM's crops: per mask, a white canvas of the image's size holding the image inside
+    the mask's tight box (unmasked), through CLIP's preprocessing (``Clip.pil_resize``).
+    image uint8 (3, H, W) RGB; masks bool (n, H, W) -> float (n, 3, *clip.size) in [0, 1]."""
+    from PIL import Image
+
+    rgb = image.permute(1, 2, 0).cpu().numpy()
+    resize = clip.pil_resize()
+    out = []
+    for x1, y1, x2, y2 in masks_to_boxes(masks.cpu()).long().tolist():
+        canvas = np.full_like(rgb, 255)
+        canvas[y1:y2, x1:x2] = rgb[y1:y2, x1:x2]
+        out.append(resize(Image.fromarray(canvas)))
+    return torch.stack(out) if out else torch.zeros((0, 3, *clip.size))
 
 
 def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -80,15 +121,20 @@ def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
 
 def score_masks(clip: Clip, image: torch.Tensor, masks: torch.Tensor, texts: list[str],
                 mode: str = "softmax", min_area: int = 100, batch: int = 64,
-                areas: torch.Tensor | None = None) -> torch.Tensor:
-    """(t, n) score of each text for each mask (``prompts.text_scores``). Masks of at most
-    ``min_area`` pixels (``areas`` (n,), counted if not given) are not scored, as in the
-    official code: score 0 (softmax) or -inf (cosine)."""
+                areas: torch.Tensor | None = None, crop: str = "official") -> torch.Tensor:
+    """(t, n) score of each text for each mask (``prompts.text_scores``) on its ``crop``
+    (``official_crops`` or ``masked_crops``). Masks of at most ``min_area`` pixels (``areas``
+    (n,), counted if not given) are not scored, as in the official code: score 0 (softmax) or
+    -inf (cosine)."""
+    if crop not in CROPS:
+        raise ValueError(f"text crop must be one of {', '.join(CROPS)}; got {crop!r}")
     areas = mask_areas(masks) if areas is None else areas
     keep = (areas > min_area).nonzero().flatten()
     fill = 0.0 if mode == "softmax" else float("-inf")
     scores = torch.full((len(texts), len(masks)), fill)
     if len(keep):
-        features = clip.encode_images(masked_crops(image, masks[keep], clip.size), batch)
+        crops = official_crops(image, masks[keep], clip) if crop == "official" else \
+            masked_crops(image, masks[keep], clip.size)
+        features = clip.encode_images(crops, batch)
         scores[:, keep] = text_scores(features, clip.encode_texts(texts), mode).cpu()
     return scores
