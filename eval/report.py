@@ -66,6 +66,10 @@ PAPER: dict[str, list[tuple[str, list, dict[str, list], list]]] = {
          {"SAM": [None] * 7, "FastSAM": [None] * 7}, MASK),
     ],
 }
+PAPER["bsds_ar"] = [  # no published numbers: the bsds_mini reproduction's own benchmark
+    ("BSDS500 test: class-agnostic proposals vs human regions (median annotator)",
+     [("AR10", "ar_10"), ("AR100", "ar_100"), ("AR1000", "ar_1000"), ("small", "ar_s_1000"),
+      ("med.", "ar_m_1000"), ("large", "ar_l_1000")], {}, BOTH)]
 PAPER_CURVE = {"coco_ar": ("box", {10: 15.7, 100: 47.3, 1000: 63.7})}
 
 

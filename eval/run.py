@@ -1,6 +1,6 @@
 """Evaluate FastSAM on COCO / LVIS: ``python eval/run.py task=coco_ar model.weights=...``.
 
-Tasks: ``coco_ar`` / ``lvis_ar`` (class-agnostic proposals), ``coco_instance`` /
+Tasks: ``coco_ar`` / ``lvis_ar`` / ``bsds_ar`` (class-agnostic proposals), ``coco_instance`` /
 ``lvis_instance`` (detector boxes as prompts, ``task.detections=<results.json>``),
 ``bsds_edges`` (BSDS500 zero-shot edges, with Sobel / Canny rows; see eval/edges.py).
 ``predictions=<run>/predictions.jsonl.gz`` re-evaluates saved predictions without the model.
@@ -137,7 +137,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its INFO per COCOeval
     task, out = cfg.task, Path(cfg.paths.output_dir)
-    dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root)
+    options = OmegaConf.to_container(task.gt_options) if task.get("gt_options") else {}
+    dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root,
+                          **options)
     images = dataset.images(cfg.max_images)
     evaluator = build_evaluator(task, dataset.gt, cfg.engine)
     sinks, timing = [evaluator], {}

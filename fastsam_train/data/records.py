@@ -94,10 +94,10 @@ def annotation_skip(ann: dict, hw: tuple[int, int], opts: RecordOptions) -> str 
     return None
 
 
-def label_line(polygon: np.ndarray, size: tuple[int, int]) -> str:
-    """``0 x1 y1 ...`` with coordinates normalised by (w, h) of ``size=(h, w)``."""
+def label_line(polygon: np.ndarray, size: tuple[int, int], cls: int = 0) -> str:
+    """``cls x1 y1 ...`` with coordinates normalised by (w, h) of ``size=(h, w)``."""
     norm = (polygon / np.array([size[1], size[0]], dtype=np.float32)).reshape(-1)
-    return "0 " + " ".join(["%.6f"] * norm.size) % tuple(norm.tolist())
+    return f"{cls} " + " ".join(["%.6f"] * norm.size) % tuple(norm.tolist())
 
 
 def instance_meta(ann: dict, scale: tuple[float, float]) -> dict:

@@ -30,7 +30,7 @@ class ShardDataModule(L.LightningDataModule):
     """Train/val loaders streaming ``<shards>/{train,val}/*.tar``.
 
     Args:
-        shards: folder written by ``data_tools/convert_sa1b.py``.
+        shards: folder written by ``data_tools/convert.py``.
         imgsz: training image size (square after mosaic / letterbox).
         batch_size: per device; the global batch is batch_size x devices x nodes.
         num_workers: loader processes per device.
@@ -38,18 +38,22 @@ class ShardDataModule(L.LightningDataModule):
         max_val_images: cap per validation epoch (None: the whole val split).
         make_demo: if set and ``shards`` does not exist, build demo SA-1B tars and convert
             them there; keys: num_tars, images_per_tar, height, width, max_side, val_fraction.
+        auto_convert: a ``conf/convert.yaml``-shaped spec (``input``, ``output``, options) run
+            when the shards are missing, and only when ``shards`` is that spec's own
+            ``output`` (a mistyped or overridden folder is never filled in; it fails in setup).
         seed: shard order, sample shuffle and augmentation seeds derive from it and the epoch.
     """
 
     def __init__(self, shards: str, imgsz: int = 640, batch_size: int = 8, num_workers: int = 2,
                  shuffle_buffer: int = 64, mosaic_buffer: int = 16,
                  max_val_images: int | None = None, make_demo: dict | None = None,
-                 seed: int = 0):
+                 auto_convert: dict | None = None, seed: int = 0):
         super().__init__()
         self.root = Path(shards)
         self.imgsz, self.batch_size, self.num_workers = imgsz, batch_size, num_workers
         self.shuffle_buffer, self.mosaic_buffer = shuffle_buffer, mosaic_buffer
         self.max_val_images, self.make_demo, self.seed = max_val_images, make_demo, seed
+        self.auto_convert = auto_convert
         self.hyp = ultra.hyperparameters()
         self.train_stream: ShardStream | None = None
         self._resume_batches = 0
@@ -61,6 +65,13 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.make_demo and not (self.root / "train" / "sizes.json").exists():
             build_demo_shards(self.root, **self.make_demo)
+        spec = self.auto_convert
+        if spec and not (self.root / "train" / "sizes.json").exists() \
+                and Path(spec["output"]).resolve() == self.root.resolve():
+            from fastsam_train.data.convert import convert_from_config
+
+            log.info("no shards at %s: converting %s there", self.root, spec["input"]["type"])
+            convert_from_config(spec)
 
     def setup(self, stage: str | None = None) -> None:
         self.train_shards, self.train_total = read_split(self.root, "train")
@@ -121,9 +132,9 @@ class ShardDataModule(L.LightningDataModule):
 def build_demo_shards(root: Path, num_tars: int, images_per_tar: int, height: int, width: int,
                       max_side: int, val_fraction: float) -> None:
     """Synthetic SA-1B tars beside ``root`` (``<root>/../sa1b``), converted into ``root``."""
-    from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
+    from fastsam_train.data.convert import ConvertOptions, convert_dataset
     from fastsam_train.data.demo import make_demo_sa1b
-    from fastsam_train.data.manifest import finalize
+    from fastsam_train.data.inputs import SA1BInput
     from fastsam_train.data.records import RecordOptions
 
     tars_dir = root.parent / "sa1b"
@@ -132,6 +143,4 @@ def build_demo_shards(root: Path, num_tars: int, images_per_tar: int, height: in
         make_demo_sa1b(tars_dir, num_tars, images_per_tar, height, width, seed=0)
     opts = ConvertOptions(fraction=1.0, val_fraction=val_fraction, samples_per_shard=16,
                           record=RecordOptions(max_side=max_side))
-    sources = plan([str(tars_dir)], opts)
-    run_conversion(sources, opts, root, workers=1)
-    finalize(root, sources, opts)
+    convert_dataset(SA1BInput([str(tars_dir)]), root, opts, workers=1)
