@@ -88,6 +88,8 @@ def summarize_run(eval_dir: str | Path) -> dict[str, Path]:
                 {k: metrics.get(k) for k in ("mask/ar_10", "mask/ar_100", "box/ar_100")})
     if not rows:
         raise FileNotFoundError(f"no bsds_edges_* / bsds_ar_* results under {eval_dir}")
+    models = [f"{m} model" for m in MODELS if f"{m} model" in rows]  # models first
+    rows = {name: rows[name] for name in [*models, *sorted(set(rows) - set(models))]}
     paths = {"markdown": eval_dir / "summary.md", "json": eval_dir / "summary.json"}
     paths["json"].write_text(json.dumps(rows, indent=2))
     paths["markdown"].write_text(summary_table(rows))
