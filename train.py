@@ -24,8 +24,8 @@ def main(cfg: DictConfig) -> float | None:
     if final and finished_on_rank_zero(cfg):
         from eval.after_training import evaluate_run
 
-        evaluate_run(cfg.paths.output_dir, list(final.tasks), list(final.baselines),
-                     final.untrained, list(final.overrides))
+        evaluate_run(cfg.paths.output_dir, {t: list(o) for t, o in final.tasks.items()},
+                     list(final.baselines), final.untrained, list(final.overrides))
     return metrics.get("val/ar_100")
 
 

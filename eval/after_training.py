@@ -38,13 +38,14 @@ def compose_eval(overrides: list[str]) -> DictConfig:
         return compose("eval", overrides=overrides)
 
 
-def evaluate_run(run_dir: str | Path, tasks: list[str], baselines: list[str],
+def evaluate_run(run_dir: str | Path, tasks: dict[str, list[str]], baselines: list[str],
                  untrained: bool, overrides: list[str]) -> dict[str, dict[str, float]]:
     """Run every task on the run's weights; returns ``{"<task>_<model>": metrics}``.
 
-    ``baselines``: classical edge methods added to the trained model's ``bsds_edges`` run.
-    ``untrained``: also evaluate ``weights/untrained.pt`` (written before training).
-    ``overrides``: Hydra overrides for every evaluation (e.g. ``model.imgsz=320``).
+    ``tasks``: task name -> its own Hydra overrides. ``baselines``: classical edge methods
+    added to the trained model's ``bsds_edges`` run. ``untrained``: also evaluate
+    ``weights/untrained.pt`` (written before training). ``overrides``: Hydra overrides for
+    every evaluation (e.g. ``model.imgsz=320``).
     """
     from eval.run import run
 
@@ -52,14 +53,14 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], baselines: list[str],
     models = {k: run_dir / v for k, v in MODELS.items() if k == "trained" or untrained}
     results = {}
     for model, weights in models.items():
-        for task in tasks:
+        for task, task_overrides in tasks.items():
             name = f"{task}_{model}"
             extra = [f"task.methods=[{','.join(['fastsam', *baselines])}]"] \
                 if task == "bsds_edges" and model == "trained" else \
                 ["task.methods=[fastsam]"] if task == "bsds_edges" else []
             cfg = compose_eval([f"task={task}", f"model.weights={weights}",
                                 f"paths.output_dir={run_dir / 'eval' / name}", *overrides,
-                                *extra])
+                                *task_overrides, *extra])
             log.info("evaluating %s: %s on %s", name, task, weights)
             results[name] = run(cfg)
     summarize_run(run_dir / "eval")
