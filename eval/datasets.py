@@ -145,7 +145,7 @@ register("lvis_v1_val", _standard("lvis_v1_val", "lvis/lvis_v1_val.json", "coco"
 
 
 def bsds_regions(split_dirs: tuple[Path, Path], annotator: str = "median",
-                 components: bool = False, min_area: float = 0) -> dict:
+                 min_area: float = 0) -> dict:
     """COCO ground truth of a BSDS split's human segmentations: one image record per
     ``groundTruth`` file (``id`` = the BSDS id as int), one class-agnostic object per region of
     the annotator chosen by ``annotator`` (``fastsam_train.data.bsds.choose_annotators``; with
@@ -168,7 +168,7 @@ def bsds_regions(split_dirs: tuple[Path, Path], annotator: str = "median",
         images.append({"id": int(path.stem), "file_name": f"{path.stem}.jpg",
                        "height": int(segs[0].shape[0]), "width": int(segs[0].shape[1])})
         for k in choose_annotators([len(np.unique(s)) for s in segs], annotator):
-            for _, mask in region_masks(segs[k], components):
+            for _, mask in region_masks(segs[k]):
                 area = int(mask.sum())
                 if area < min_area:
                     continue
@@ -213,7 +213,7 @@ def get_dataset(name: str, root: str | Path | None = None,
                 image_root: str | Path | None = None, **options) -> EvalDataset:
     """The registered dataset ``name``; ``annotation`` / ``image_root`` override its paths;
     ``options`` go to its builder (BSDS: ``gt_dir``, ``layout``, ``annotator``,
-    ``components``, ``min_area``)."""
+    ``min_area``)."""
     if name not in REGISTRY:
         raise KeyError(f"unknown dataset {name!r}; registered: {sorted(REGISTRY)}")
     return REGISTRY[name](root, annotation, image_root, **options)

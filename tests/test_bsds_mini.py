@@ -44,7 +44,7 @@ def test_bsds_mini_two_epochs_then_evaluation(shared_data, tmp_path):
                    cwd=REPO, check=True, capture_output=True, text=True)
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["config"]["input"] == {"type": "bsds", "splits": ["train", "val"],
-                                           "annotator": "median", "components": False}
+                                           "annotator": "median"}
     assert sum(manifest["samples"].values()) == 9 and manifest["samples"]["val"] >= 1
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["epoch"] == 2 and "val/mask_ar_100" in summary["metrics"]

@@ -324,3 +324,4 @@ def test_coco_parallel_and_resumed_after_kill_give_identical_bytes(shared_data, 
     subprocess.run([*args, f"output={tmp_path / 'run'}", "workers=1"], check=True,
                    capture_output=True, env=env)
     assert digest_tree(tmp_path / "run") == digest_tree(tmp_path / "ref")
+
