@@ -156,7 +156,8 @@ class CocoInput:
         annotation: the json. image_root: folder the images are under.
         locate: ``auto`` (``coco_url`` for LVIS jsons, whose categories have ``frequency``,
             else ``file_name``), ``file_name`` or ``coco_url``.
-        name: key / source prefix (default: the json's file stem).
+        name: key / source prefix (default: the json's file stem, other characters than
+            letters, digits, ``_`` and ``-`` replaced by ``_``).
         crowd: ``skip`` | ``keep``. categories: keep class ids (True) or class-agnostic.
         category_filter: ids or names of the categories to keep (None: all).
         chunk: images per source.
@@ -172,7 +173,7 @@ class CocoInput:
         if crowd not in CROWD:
             raise ValueError(f"input.crowd must be one of {CROWD}, got {crowd!r}")
         self.path, self.root = Path(annotation).expanduser(), Path(image_root).expanduser()
-        self.name = name or self.path.stem
+        self.name = name or re.sub(r"[^A-Za-z0-9_-]", "_", self.path.stem)
         if not SAFE_ID.match(self.name):
             raise ValueError(f"input.name {self.name!r} may hold only letters, digits, _ and -")
         if not self.root.is_dir():
