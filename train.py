@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> float | None:
         from eval.after_training import evaluate_run
 
         evaluate_run(cfg.paths.output_dir, {t: list(o) for t, o in final.tasks.items()},
-                     list(final.baselines), final.untrained, list(final.overrides))
+                     list(final.baselines), final.untrained, list(final.overrides),
+                     final.get("edge_conf"))
     return metrics.get("val/ar_100")
 
 

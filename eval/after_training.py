@@ -39,18 +39,27 @@ def compose_eval(overrides: list[str]) -> DictConfig:
 
 
 def evaluate_run(run_dir: str | Path, tasks: dict[str, list[str]], baselines: list[str],
-                 untrained: bool, overrides: list[str]) -> dict[str, dict[str, float]]:
+                 untrained: bool, overrides: list[str],
+                 edge_conf: dict | None = None) -> dict[str, dict[str, float]]:
     """Run every task on the run's weights; returns ``{"<task>_<model>": metrics}``.
 
     ``tasks``: task name -> its own Hydra overrides. ``baselines``: classical edge methods
     added to the trained model's ``bsds_edges`` run. ``untrained``: also evaluate
     ``weights/untrained.pt`` (written before training). ``overrides``: Hydra overrides for
-    every evaluation (e.g. ``model.imgsz=320``).
+    every evaluation (e.g. ``model.imgsz=320``). ``edge_conf``: ``{candidates, shards, root}``
+    to choose ``bsds_edges``' score threshold on the conversion's held-out images first
+    (``select_edge_conf``); None keeps the task's own.
     """
     from eval.run import run
 
     run_dir = Path(run_dir)
     models = {k: run_dir / v for k, v in MODELS.items() if k == "trained" or untrained}
+    tasks = {t: list(o) for t, o in tasks.items()}
+    if edge_conf and "bsds_edges" in tasks:
+        conf = select_edge_conf(run_dir, models["trained"], Path(edge_conf["shards"]),
+                                edge_conf["root"], list(edge_conf["candidates"]),
+                                [*overrides, *tasks["bsds_edges"]])
+        tasks["bsds_edges"].append(f"model.conf={conf}")
     results = {}
     for model, weights in models.items():
         for task, task_overrides in tasks.items():
@@ -65,6 +74,55 @@ def evaluate_run(run_dir: str | Path, tasks: dict[str, list[str]], baselines: li
             results[name] = run(cfg)
     summarize_run(run_dir / "eval")
     return results
+
+
+def heldout_split(shards: Path, root: str | Path, out: Path) -> tuple[Path, Path]:
+    """(image folder, groundTruth folder) of the BSDS images a conversion held out
+    (``manifest.json`` ids of its ``val`` split), linked into ``out``; ValueError if the
+    shards are not a BSDS conversion or hold no held-out image."""
+    from fastsam_train.data.bsds import split_dirs
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    source = manifest["config"]["input"]
+    if source.get("type") != "bsds" or not manifest["ids"]["val"]:
+        raise ValueError(f"{shards}: not a BSDS conversion with held-out images")
+    images, gts = out / "images", out / "groundTruth"
+    for folder in (images, gts):
+        folder.mkdir(parents=True, exist_ok=True)
+    for key in manifest["ids"]["val"]:
+        image_id = key.removeprefix("bsds_").split("_a")[0]
+        for split in source["splits"]:
+            image_dir, gt_dir = split_dirs(root, split)
+            if (gt_dir / f"{image_id}.mat").is_file():
+                for src, dst in ((image_dir / f"{image_id}.jpg", images),
+                                 (gt_dir / f"{image_id}.mat", gts)):
+                    if not (dst / src.name).exists():
+                        (dst / src.name).symlink_to(src.resolve())
+    return images, gts
+
+
+def select_edge_conf(run_dir: Path, weights: Path, shards: Path, root: str | Path,
+                     candidates: list[float], overrides: list[str]) -> float:
+    """The score threshold of ``candidates`` with the best edge ODS on the images the
+    conversion held out from training (never the test set); ties go to the higher threshold.
+    FastSAM's own 0.4 assumes its score scale: a short-trained model may score every mask
+    lower. Writes ``<run>/eval/edge_conf.json``."""
+    from eval.run import run
+
+    held = heldout_split(shards, root, run_dir / "eval" / "heldout")
+    ods = {}
+    for conf in candidates:
+        cfg = compose_eval(["task=bsds_edges", f"model.weights={weights}", *overrides,
+                            f"task.image_dir={held[0]}", f"task.gt_dir={held[1]}",
+                            "task.methods=[fastsam]", f"model.conf={conf}",
+                            f"paths.output_dir={run_dir / 'eval' / 'heldout' / f'conf_{conf}'}"])
+        ods[conf] = run(cfg)["fastsam/ods"]
+    best = max(candidates, key=lambda c: (ods[c], c))
+    (run_dir / "eval" / "edge_conf.json").write_text(json.dumps(
+        {"images": len(list(held[1].glob("*.mat"))), "ods": {str(c): v for c, v in ods.items()},
+         "chosen": best}, indent=2))
+    log.info("bsds_edges score threshold %s (held-out ODS %s)", best, ods)
+    return best
 
 
 def summarize_run(eval_dir: str | Path) -> dict[str, Path]:

@@ -40,7 +40,8 @@ def test_bsds_mini_two_epochs_then_evaluation(shared_data, tmp_path):
                     "data.imgsz=128", "data.batch_size=4", "data.num_workers=1",
                     "trainer.max_epochs=2", "~callbacks.progress",
                     "final_eval.overrides=[" + ",".join(f'"{o}"' for o in evals) + "]",
-                    'final_eval.tasks.bsds_edges=["task.nthresh=9","task.workers=1"]'],
+                    'final_eval.tasks.bsds_edges=["task.nthresh=9","task.workers=1"]',
+                    "final_eval.edge_conf.candidates=[0.4,0.01]"],
                    cwd=REPO, check=True, capture_output=True, text=True)
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["config"]["input"] == {"type": "bsds", "splits": ["train", "val"],
@@ -59,6 +60,11 @@ def test_bsds_mini_two_epochs_then_evaluation(shared_data, tmp_path):
     ar = json.loads((run / "eval" / "bsds_ar_trained" / "metrics.json").read_text())
     assert ar["metrics"]["images"] == 2 and ar["dataset"] == "bsds500_test"
     assert (run / "eval" / "pr_curve.png").stat().st_size > 10_000
+    chosen = json.loads((run / "eval" / "edge_conf.json").read_text())
+    assert chosen["images"] == manifest["samples"]["val"] and set(chosen["ods"]) == {"0.4",
+                                                                                     "0.01"}
+    edges = json.loads((run / "eval" / "bsds_edges_trained" / "metrics.json").read_text())
+    assert edges["config"]["model"]["conf"] == chosen["chosen"]
     assert "| Canny |" in (run / "eval" / "summary.md").read_text()
 
 
