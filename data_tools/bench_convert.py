@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
+from fastsam_train.data.convert import ConvertOptions, convert_dataset
 from fastsam_train.data.demo import KINDS, random_shape, sa1b_record
+from fastsam_train.data.inputs import SA1BInput
 from fastsam_train.data.labels import parse_label
 from fastsam_train.data.polygons import mask_iou, polygon_to_mask, resize_mask
 from fastsam_train.data.records import (
@@ -126,7 +127,7 @@ def worker_peak_rss(pairs: list[RawPair], workers: int) -> float:
                         info.size = len(data)
                         tar.addfile(info, BytesIO(data))
         opts = ConvertOptions(fraction=1.0)
-        run_conversion(plan([tmp], opts), opts, Path(tmp) / "out", workers)
+        convert_dataset(SA1BInput([tmp]), Path(tmp) / "out", opts, workers)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 

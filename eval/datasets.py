@@ -3,6 +3,7 @@
     ds = get_dataset("coco_2017_val")                 # root: FASTSAM_DATA (conf: paths.data_dir)
     ds = get_dataset("lvis_v1_val", root="/data")
     register_coco_json("my_set", "ann.json", "images/")   # any COCO-format json + image folder
+    ds = get_dataset("bsds500_test", annotator="median", min_area=100)   # BSDS regions
 
 Standard layout under the data root (detectron2's, so an existing ``datasets/`` folder works)::
 
@@ -10,6 +11,10 @@ Standard layout under the data root (detectron2's, so an existing ``datasets/`` 
     <root>/coco/val2017/000000000139.jpg ...
     <root>/coco/train2017/...              # LVIS v1 val also uses COCO 2017 train images
     <root>/lvis/lvis_v1_val.json
+
+BSDS500 splits (``bsds500_test`` / ``_val`` / ``_train``) are built from the human segmentations
+(``fastsam_train.data.bsds``: BSR layout, ``<root>/bsds500`` or flat): one annotator per image
+by the conversion's rule, each region (at least ``min_area`` pixels) one object, as COCO RLE.
 
 LVIS images are COCO 2017 images: each image's ``coco_url`` (``.../val2017/<name>.jpg`` or
 ``.../train2017/<name>.jpg``) names the split folder and the file under ``<root>/coco``.
@@ -24,6 +29,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 ROOT_ENV = "FASTSAM_DATA"
 
@@ -246,10 +253,76 @@ register("coco_2017_val", _standard("coco_2017_val", "coco/annotations/instances
 register("lvis_v1_val", _standard("lvis_v1_val", "lvis/lvis_v1_val.json", "coco", by_coco_url))
 
 
+def bsds_regions(split_dirs: tuple[Path, Path], annotator: str = "median",
+                 min_area: float = 0) -> dict:
+    """COCO ground truth of a BSDS split's human segmentations: one image record per
+    ``groundTruth`` file (``id`` = the BSDS id as int), one class-agnostic object per region of
+    the annotator chosen by ``annotator`` (``fastsam_train.data.bsds.choose_annotators``; with
+    ``all`` every annotator's regions), regions under ``min_area`` pixels left out. Raises
+    FileNotFoundError / ValueError naming a missing folder or a bad .mat file."""
+    from fastsam_train.data.bsds import (
+        choose_annotators,
+        encode,
+        read_segmentations,
+        region_masks,
+    )
+
+    image_dir, gt_dir = split_dirs
+    files = sorted(gt_dir.glob("*.mat")) if gt_dir.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no BSDS ground truth (*.mat) in {gt_dir}")
+    images, anns = [], []
+    for path in files:
+        segs = read_segmentations(path)
+        images.append({"id": int(path.stem), "file_name": f"{path.stem}.jpg",
+                       "height": int(segs[0].shape[0]), "width": int(segs[0].shape[1])})
+        for k in choose_annotators([len(np.unique(s)) for s in segs], annotator):
+            for _, mask in region_masks(segs[k]):
+                area = int(mask.sum())
+                if area < min_area:
+                    continue
+                rle = encode(mask)
+                anns.append({"id": len(anns) + 1, "image_id": int(path.stem), "category_id": 1,
+                             "segmentation": {"size": rle["size"],
+                                              "counts": rle["counts"].decode("ascii")},
+                             "area": float(area), "bbox": mask_box(mask), "iscrowd": 0})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "region"}]}
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """xywh of the tight box of a non-empty mask (H, W), COCO's convention."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1),
+            float(rows[-1] - rows[0] + 1)]
+
+
+def _bsds(name: str, split: str) -> Builder:
+    def build(root=None, annotation_path=None, image_dir=None, gt_dir=None,
+              layout: str = "auto", **options) -> EvalDataset:
+        from fastsam_train.data.bsds import split_dirs
+
+        if annotation_path:
+            raise ValueError(f"{name} is built from BSDS .mat files; set task.gt_dir, not "
+                             "task.annotation")
+        if not (image_dir and gt_dir):
+            default_images, default_gts = split_dirs(data_root(root), split, layout)
+            image_dir, gt_dir = image_dir or default_images, gt_dir or default_gts
+        gt = bsds_regions((Path(image_dir), Path(gt_dir)), **options)
+        return EvalDataset(name, "bsds", gt, Path(gt_dir), Path(image_dir), by_file_name)
+    return build
+
+
+for _split in ("test", "val", "train"):
+    register(f"bsds500_{_split}", _bsds(f"bsds500_{_split}", _split))
+
+
 def get_dataset(name: str, root: str | Path | None = None,
                 annotation: str | Path | None = None,
-                image_root: str | Path | None = None) -> EvalDataset:
-    """The registered dataset ``name``; ``annotation`` / ``image_root`` override its paths."""
+                image_root: str | Path | None = None, **options) -> EvalDataset:
+    """The registered dataset ``name``; ``annotation`` / ``image_root`` override its paths;
+    ``options`` go to its builder (BSDS: ``gt_dir``, ``layout``, ``annotator``,
+    ``min_area``)."""
     if name not in REGISTRY:
         raise KeyError(f"unknown dataset {name!r}; registered: {sorted(REGISTRY)}")
-    return REGISTRY[name](root, annotation, image_root)
+    return REGISTRY[name](root, annotation, image_root, **options)

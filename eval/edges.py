@@ -40,6 +40,7 @@ from eval.bsds import (
 from eval.bsds.masks import edges_from_masks
 from eval.core import MAX_PIXELS
 from eval.datasets import data_root
+from fastsam_train.data.bsds import split_dirs
 from fastsam_train.images import read_image
 
 # FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50, as the paper
@@ -60,23 +61,21 @@ IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".bmp", ".tif")
 
 
 # --- data -----------------------------------------------------------------------------------
-# BSDS splits by name: (images, groundTruth) under the data root, BSR's own layout.
-BSDS_DATASETS = {split_name: (f"BSR/BSDS500/data/images/{split}",
-                              f"BSR/BSDS500/data/groundTruth/{split}")
-                 for split_name, split in (("bsds500_test", "test"), ("bsds500_val", "val"),
-                                           ("bsds500_train", "train"))}
+# BSDS splits by name, under the data root in BSR's layout (<root>/BSR/BSDS500/data/{images,
+# groundTruth}/<split>), a <root>/bsds500 folder or flat (fastsam_train.data.bsds.split_dirs).
+BSDS_DATASETS = {"bsds500_test": "test", "bsds500_val": "val", "bsds500_train": "train"}
 
 
 def bsds_folders(name: str, root: str | Path | None = None, image_dir: str | Path | None = None,
-                 gt_dir: str | Path | None = None) -> tuple[Path, Path]:
+                 gt_dir: str | Path | None = None, layout: str = "auto") -> tuple[Path, Path]:
     """(image folder, ground-truth folder) of the registered split ``name`` under ``root``
     (default ``$FASTSAM_DATA``, conf: ``paths.data_dir``); ``image_dir`` / ``gt_dir`` override."""
     if name not in BSDS_DATASETS:
         raise KeyError(f"unknown BSDS split {name!r}; registered: {sorted(BSDS_DATASETS)}")
-    images, gts = BSDS_DATASETS[name]
-    base = None if image_dir and gt_dir else data_root(root)
-    return (Path(image_dir) if image_dir else base / images,
-            Path(gt_dir) if gt_dir else base / gts)
+    if image_dir and gt_dir:
+        return Path(image_dir), Path(gt_dir)
+    images, gts = split_dirs(data_root(root), BSDS_DATASETS[name], layout)
+    return (Path(image_dir) if image_dir else images, Path(gt_dir) if gt_dir else gts)
 
 
 def bsds_records(image_dir: str | Path, gt_dir: str | Path,

@@ -1,7 +1,7 @@
 """Evaluate FastSAM (or SAM) on COCO / LVIS / BSDS500: ``python eval/run.py task=coco_ar
 model.weights=...`` (``model=sam model.checkpoint=... model.type=vit_h`` for SAM).
 
-Tasks: ``coco_ar`` / ``lvis_ar`` (class-agnostic proposals), ``coco_instance`` /
+Tasks: ``coco_ar`` / ``lvis_ar`` / ``bsds_ar`` (class-agnostic proposals), ``coco_instance`` /
 ``lvis_instance`` (detector boxes as prompts, ``task.detections=<results.json>``),
 ``bsds_edges`` (BSDS500 zero-shot edges, with Sobel / Canny rows; see eval/edges.py). Models:
 ``conf/model/fastsam.yaml`` (default; ``model.mask_protocol=official`` unless changed) and
@@ -220,7 +220,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     task, out = cfg.task, Path(cfg.paths.output_dir)
     sam = cfg.model.name == "sam"
     pools = instance_pools(cfg) if task.kind == "instance" and not sam else None
-    dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root)
+    options = OmegaConf.to_container(task.gt_options) if task.get("gt_options") else {}
+    dataset = get_dataset(task.dataset, cfg.paths.data_dir, task.annotation, task.image_root,
+                          **options)
     images = dataset.images(cfg.max_images)
     dataset.check_annotated(images)  # recall over no objects would be nan
     detections = None

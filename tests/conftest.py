@@ -44,16 +44,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def demo_shards(demo_tars, tmp_path_factory) -> Path:
     """The demo tars converted to shards (3 samples per shard, ~25% val); read-only."""
-    from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
-    from fastsam_train.data.manifest import finalize
+    from fastsam_train.data.convert import ConvertOptions, convert_dataset
+    from fastsam_train.data.inputs import SA1BInput
     from fastsam_train.data.records import RecordOptions
 
     out = tmp_path_factory.mktemp("shards")
     opts = ConvertOptions(fraction=1.0, val_fraction=0.25, samples_per_shard=3,
                           record=RecordOptions(max_side=320))
-    sources = plan([str(demo_tars[0].parent)], opts)
-    run_conversion(sources, opts, out, workers=1)
-    finalize(out, sources, opts)
+    convert_dataset(SA1BInput([str(demo_tars[0].parent)]), out, opts, workers=1)
     return out
 
 

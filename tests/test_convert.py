@@ -20,8 +20,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from pycocotools import mask as mask_utils
 
-from data_tools.convert_sa1b import convert
 from data_tools.render_shard import render
+from fastsam_train.data.convert import convert_from_config as convert
 from fastsam_train.data.demo import sa1b_record, synth_image
 from fastsam_train.data.labels import parse_label
 from fastsam_train.data.polygons import mask_iou, polygon_to_mask, resize_mask
@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def convert_cfg(inputs, out, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("convert", overrides=[f"input={list(map(str, inputs))}", f"output={out}",
-                                             "sample.fraction=1.0", "workers=1", *overrides])
+        return compose("convert", overrides=[f"input.paths={list(map(str, inputs))}",
+                                             f"output={out}", "sample.fraction=1.0", "workers=1",
+                                             *overrides])
 
 
 def samples(out: Path, split: str = "train"):

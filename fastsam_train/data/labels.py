@@ -23,10 +23,10 @@ class LabelError(ValueError):
         self.reason = reason
 
 
-def label_line(polygon: np.ndarray, size: tuple[int, int]) -> str:
-    """Pixel polygon (K, 2) of an image of ``size=(h, w)`` -> ``0 x1 y1 ...`` normalised."""
+def label_line(polygon: np.ndarray, size: tuple[int, int], cls: int = 0) -> str:
+    """Pixel polygon (K, 2) of an image of ``size=(h, w)`` -> ``cls x1 y1 ...`` normalised."""
     norm = (polygon / np.array([size[1], size[0]], dtype=np.float32)).reshape(-1)
-    return "0 " + " ".join(["%.6f"] * norm.size) % tuple(norm.tolist())
+    return f"{cls} " + " ".join(["%.6f"] * norm.size) % tuple(norm.tolist())
 
 
 def parse_lines(text: str) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -1,5 +1,5 @@
-"""Callbacks: an atomic, frequently refreshed ``last.ckpt`` for resuming killed runs, and
-checkpoint-and-requeue on SLURM's pre-timeout signal."""
+"""Callbacks: an atomic, frequently refreshed ``last.ckpt`` for resuming killed runs,
+checkpoint-and-requeue on SLURM's pre-timeout signal, and PreciseBN before validation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 log = logging.getLogger(__name__)
@@ -113,3 +115,69 @@ class SlurmRequeue(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._act(trainer)
+
+
+def recompute_bn_stats(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Replace every BatchNorm's running mean / variance by the plain average of its batch
+    statistics over ``batches`` (float images (B, 3, H, W) in [0, 1]) with the current weights,
+    as ``momentum=None`` does; weights untouched, mode and momenta restored. Returns the number
+    of batches seen (0 leaves the statistics unchanged)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone(),
+                 m.num_batches_tracked.clone()) for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average of the batch statistics
+    was_training, seen = model.training, 0
+    model.train()
+    with torch.no_grad():
+        for images in batches:
+            model(images)
+            seen += 1
+    model.train(was_training)
+    for m, (momentum, mean, var, tracked) in saved.items():
+        m.momentum = momentum
+        if not seen:  # nothing measured: keep what was there
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(tracked)
+    return seen
+
+
+class PreciseBN(L.Callback):
+    """Recompute the BatchNorm statistics of the model that is validated and exported (the
+    EMA) from ``batches`` training batches before every validation (detectron2's PreciseBN;
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
+
+    Running averages (ultralytics' BN momentum 0.03) lag the weights when these move fast, as
+    in short from-scratch training: on bsds_mini after 3 epochs the eval-mode mask loss was 195
+    against 4.9 with batch statistics, and 4.9 again after recomputing on 8 batches. The images
+    are training images without augmentation (letterboxed, as at inference). Each rank
+    recomputes on its own shards. Off unless an experiment adds it (conf/experiment/bsds_mini).
+    """
+
+    def __init__(self, batches: int = 8):
+        if batches < 1:
+            raise ValueError(f"PreciseBN batches must be >= 1, got {batches}")
+        self.batches = batches
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        model = pl_module.ema.ema if pl_module.ema is not None else pl_module.model
+        seen = recompute_bn_stats(model, self._images(trainer, pl_module))
+        log.info("PreciseBN: BatchNorm statistics recomputed on %d batches", seen)
+
+    def _images(self, trainer, pl_module) -> Iterator[torch.Tensor]:
+        from fastsam_train import ultra
+        from fastsam_train.train.stream import ShardStream, StreamConfig
+
+        dm = trainer.datamodule
+        stream = ShardStream(StreamConfig(dm.train_shards, dm.imgsz, pl_module.hyp, train=False,
+                                          seed=dm.seed, batches_per_rank=None,
+                                          batch_size=dm.batch_size,
+                                          max_samples=self.batches * dm.batch_size))
+        loader = torch.utils.data.DataLoader(stream, batch_size=dm.batch_size, num_workers=0,
+                                             collate_fn=ultra.collate)
+        for batch in loader:
+            yield batch["img"].to(pl_module.device).float() / 255

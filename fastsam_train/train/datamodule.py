@@ -67,7 +67,7 @@ class ShardDataModule(L.LightningDataModule):
     """Train/val loaders streaming ``<shards>/{train,val}`` (or webdataset URLs).
 
     Args:
-        shards: a folder written by ``data_tools/convert_sa1b.py``, an ``http(s)://`` URL of
+        shards: a folder written by ``data_tools/convert.py``, an ``http(s)://`` URL of
             one, or ``{train: urls, val: urls}`` webdataset specs (``shardlist.py``).
         imgsz: training image size (square after mosaic / letterbox).
         batch_size: per device; the global batch is batch_size x devices x nodes.
@@ -78,6 +78,9 @@ class ShardDataModule(L.LightningDataModule):
             shards yet, demo SA-1B tars are written beside it and converted into it; keys
             shards, num_tars, images_per_tar, height, width, max_side, val_fraction. Any other
             path is never built: a missing or empty one fails at once.
+        auto_convert: a ``conf/convert.yaml``-shaped spec (``input``, ``output``, options) run
+            when the shards are missing, and only when ``shards`` is that spec's own
+            ``output`` (a mistyped or overridden folder is never filled in; it fails in setup).
         seed: shard order, sample shuffle and augmentation seeds derive from it and the epoch.
         hyp: the ultralytics hyperparameters (``conf/hyp``): augmentations, mask format and
             ``close_mosaic``; keys ultralytics does not know (grad_clip, ...) are ignored here.
@@ -90,14 +93,15 @@ class ShardDataModule(L.LightningDataModule):
     def __init__(self, shards: str | dict, imgsz: int = 640, batch_size: int = 8,
                  num_workers: int = 2, shuffle_buffer: int = 64, mosaic_buffer: int = 16,
                  max_val_images: int | None = None, make_demo: dict | None = None,
-                 seed: int = 0, hyp: dict | None = None, train_size: int | None = None,
-                 val_size: int | None = None, max_consecutive_skips: int = 1000,
-                 max_pixels: int = 50_000_000):
+                 auto_convert: dict | None = None, seed: int = 0, hyp: dict | None = None,
+                 train_size: int | None = None, val_size: int | None = None,
+                 max_consecutive_skips: int = 1000, max_pixels: int = 50_000_000):
         super().__init__()
         self.shards = _plain(shards)
         self.imgsz, self.batch_size, self.num_workers = imgsz, batch_size, num_workers
         self.shuffle_buffer, self.mosaic_buffer = shuffle_buffer, mosaic_buffer
         self.max_val_images, self.make_demo, self.seed = max_val_images, _plain(make_demo), seed
+        self.auto_convert = _plain(auto_convert)
         self.hyp = augmentation_hyperparameters(_plain(hyp) or {})
         self.sizes = {"train": train_size, "val": val_size}
         self.max_consecutive_skips = max_consecutive_skips
@@ -110,10 +114,20 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         demo = dict(self.make_demo or {})
         target = demo.pop("shards", None)
-        if (target and isinstance(self.shards, str) and not is_url(self.shards)
-                and Path(self.shards).resolve() == Path(target).resolve()
-                and not (Path(target) / "train" / "sizes.json").exists()):
+        if self._is_missing_local(target):
             build_demo_shards(Path(target), **demo)
+        spec = self.auto_convert
+        if spec and self._is_missing_local(spec["output"]):
+            from fastsam_train.data.convert import convert_from_config
+
+            log.info("no shards at %s: converting %s there", self.shards, spec["input"]["type"])
+            convert_from_config(spec)
+
+    def _is_missing_local(self, target: str | None) -> bool:
+        """``shards`` is the local folder ``target`` and holds no shards yet."""
+        return bool(target and isinstance(self.shards, str) and not is_url(self.shards)
+                    and Path(self.shards).resolve() == Path(target).resolve()
+                    and not (Path(target) / "train" / "sizes.json").exists())
 
     def setup(self, stage: str | None = None) -> None:
         self.train_shards, self.train_total = self._resolve("train")
@@ -239,9 +253,9 @@ def build_demo_shards(root: Path, num_tars: int, images_per_tar: int, height: in
                       max_side: int, val_fraction: float) -> None:
     """Synthetic SA-1B tars written to ``<root>/../sa1b`` (the demo's own, deterministic
     files) and exactly those converted into ``root``; other tars there are left alone."""
-    from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
+    from fastsam_train.data.convert import ConvertOptions, convert_dataset
     from fastsam_train.data.demo import make_demo_sa1b
-    from fastsam_train.data.manifest import finalize
+    from fastsam_train.data.inputs import SA1BInput
     from fastsam_train.data.records import RecordOptions
 
     tars_dir = root.parent / "sa1b"
@@ -249,6 +263,4 @@ def build_demo_shards(root: Path, num_tars: int, images_per_tar: int, height: in
     tars = make_demo_sa1b(tars_dir, num_tars, images_per_tar, height, width, seed=0)
     opts = ConvertOptions(fraction=1.0, val_fraction=val_fraction, samples_per_shard=16,
                           record=RecordOptions(max_side=max_side))
-    sources = plan([str(t) for t in tars], opts)
-    run_conversion(sources, opts, root, workers=1)
-    finalize(root, sources, opts)
+    convert_dataset(SA1BInput([str(t) for t in tars]), root, opts, workers=1)

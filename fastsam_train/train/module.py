@@ -36,14 +36,19 @@ class FastSAMModule(L.LightningModule):
             (``loss_rule``, ``optimizer_rule``, ``schedule_rule``, ``augment_rule``: "v8_0_120"
             for FastSAM's trainer, "v8_4" for the installed ultralytics) plus grad_clip,
             ema_decay, ema_tau.
-        init_weights: ultralytics-format .pt to initialise from (needs ``allow_pickle``).
+        init_weights: weights to start from (``load_initial_weights``): our ``.ckpt`` or a
+            weights-only file (``fastsam convert-weights``), or an ultralytics ``.pt`` such as
+            the official FastSAM-x.pt / FastSAM-s.pt (a pickle: needs ``allow_pickle``).
+        init_strict: the file's model config (scale, nc, reg_max, prototypes) must equal
+            ``model`` (fine-tuning); otherwise only tensors of equal shape are copied.
         on_nonfinite: "stop" raises on a NaN/inf loss naming the batch; "skip" drops that step.
         overlay_samples: validation images rendered with predicted masks each epoch.
     """
 
     def __init__(self, model: DictConfig | dict, hyp: DictConfig | dict,
                  init_weights: str | None = None, allow_pickle: bool = False,
-                 on_nonfinite: str = "stop", overlay_samples: int = 4):
+                 on_nonfinite: str = "stop", overlay_samples: int = 4,
+                 init_strict: bool = False):
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -56,7 +61,8 @@ class FastSAMModule(L.LightningModule):
                                        arch=model["arch"], hyp=self.hyp,
                                        prototypes=model.get("prototypes", 32))
         if init_weights:
-            report = ultra.import_ultralytics_checkpoint(init_weights, self.model, allow_pickle)
+            report = load_initial_weights(self.model, init_weights, allow_pickle, model,
+                                          init_strict)
             log.info("initialised from %s: %d tensors loaded, %d missing, %d mismatched",
                      init_weights, len(report.loaded), len(report.missing),
                      len(report.mismatched))
@@ -226,6 +232,44 @@ class FastSAMModule(L.LightningModule):
         model = self.ema.ema if self.ema is not None else self.model
         return ultra.export_ultralytics_checkpoint(model, path, names={0: "object"},
                                                    epochs=self.current_epoch + 1)
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path, allow_pickle: bool,
+                         expected: dict, strict: bool) -> ultra.ImportReport:
+    """Copy the weights of ``path`` (any format ``infer.weights.read_weights`` reads) into
+    ``model``, built from the model config ``expected``.
+
+    The file's config (from its metadata, or read off the tensor shapes for ultralytics
+    pickles) is checked against ``expected``: another ``arch`` or ``scale`` is always an error;
+    another ``nc`` / ``reg_max`` / ``prototypes`` is an error when ``strict`` (fine-tuning:
+    every tensor must carry over), else only the tensors of equal shape are copied (e.g.
+    COCO-pretrained yolov8x-seg.pt into the 1-class reg_max 26 head). Raises
+    ``FileNotFoundError``, ``PickleRequiredError`` or ``ValueError`` naming the file."""
+    from fastsam_train.infer.weights import read_weights
+
+    weights = read_weights(path, allow_pickle=allow_pickle)
+    ours = ultra.validate_model_config(dict(expected), "experiment model")
+    differ = {k: (weights.config.get(k), v) for k, v in ours.items()
+              if weights.config.get(k) != v}
+    if differ and (strict or {"arch", "scale"} & set(differ)):
+        raise ValueError(f"{path}: its model ({weights.config}) is not the experiment's "
+                         f"({ours}); differing (file, experiment): {differ}. Pick the model "
+                         "config that matches the weights (e.g. model=yolov8x_seg for "
+                         "FastSAM-x)" + ("" if not strict else " or set init_strict=false"))
+    state = model.state_dict()
+    theirs = weights.state_dict
+    mismatched = [(k, tuple(v.shape), tuple(state[k].shape)) for k, v in theirs.items()
+                  if k in state and v.shape != state[k].shape]
+    bad = {k for k, _, _ in mismatched}
+    matched = {k: v for k, v in theirs.items() if k in state and k not in bad}
+    report = ultra.ImportReport(loaded=sorted(matched), missing=sorted(set(state) - set(theirs)),
+                                unexpected=sorted(set(theirs) - set(state)),
+                                mismatched=mismatched)
+    if strict and (report.missing or report.mismatched or report.unexpected):
+        raise ValueError(f"{path}: tensors do not fit the model: missing {report.missing[:5]}, "
+                         f"unexpected {report.unexpected[:5]}, mismatched {mismatched[:5]}")
+    model.load_state_dict(matched, strict=False)
+    return report
 
 
 def _plain(cfg) -> dict:

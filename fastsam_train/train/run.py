@@ -71,6 +71,17 @@ def write_summary(path: Path, trainer: L.Trainer, module: L.LightningModule,
     return path
 
 
+def save_initial_weights(module: FastSAMModule, path: Path) -> Path:
+    """The model as built, before any step, as a weights-only file (the "untrained" row of an
+    evaluation); kept when it exists, so a resumed run keeps the run's own initial weights."""
+    from fastsam_train.infer.weights import Weights, save_weights
+
+    if not path.is_file():
+        save_weights(Weights(dict(module.hparams["model"]), module.model.state_dict(),
+                             "initial"), path)
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured experiment; returns the final logged metrics."""
     if cfg.trainer.get("accelerator") == "cpu":
@@ -82,13 +93,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module = FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights=cfg.init_weights,
                            allow_pickle=cfg.allow_pickle, on_nonfinite=cfg.on_nonfinite,
-                           overlay_samples=cfg.overlay_samples)
+                           overlay_samples=cfg.overlay_samples, init_strict=cfg.init_strict)
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(
         cfg.get("callbacks")), logger=loggers or False)
     log.info("cluster: %s", describe_cluster(trainer))
+    final = cfg.get("final_eval")
+    if final and final.get("untrained") and trainer.is_global_zero:
+        save_initial_weights(module, output_dir / "weights" / "untrained.pt")
     trainer.fit(module, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
