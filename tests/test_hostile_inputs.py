@@ -32,9 +32,9 @@ from eval.report import PredictionWriter
 from fastsam_train import images as image_io
 from fastsam_train import ultra
 from fastsam_train.cli import main as cli_main
-from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
+from fastsam_train.data.convert import ConvertOptions, convert_dataset
 from fastsam_train.data.demo import sa1b_record, synth_image
-from fastsam_train.data.manifest import finalize
+from fastsam_train.data.inputs import SA1BInput
 from fastsam_train.data.polygons import rle_counts
 from fastsam_train.data.records import RecordOptions
 from fastsam_train.data.render import parse_label
@@ -76,12 +76,10 @@ def members_of(records: dict[str, tuple[bytes, dict]]) -> dict[str, bytes]:
 
 
 def convert(inputs: list[Path], out: Path, workers: int = 1, **record) -> dict:
-    """The converter through its library API (as data_tools/convert_sa1b.py runs it)."""
+    """The converter through its one entry function (as data_tools/convert.py runs it)."""
     opts = ConvertOptions(fraction=1.0, val_fraction=0.0, samples_per_shard=100,
                           record=RecordOptions(max_side=64, **record))
-    sources = plan([str(p) for p in inputs], opts)
-    run_conversion(sources, opts, out, workers)
-    return finalize(out, sources, opts)
+    return convert_dataset(SA1BInput([str(p) for p in inputs]), out, opts, workers)
 
 
 def samples(out: Path) -> dict[str, dict]:
