@@ -39,6 +39,8 @@ def test_finetune_defaults_suit_finetuning():
     assert cfg.init_strict and cfg.hyp.lr0 == scratch.hyp.lr0 / 5 and cfg.hyp.lrf == 0.1
     assert cfg.hyp.warmup_epochs == 1.0 and cfg.hyp.warmup_bias_lr == 0.0
     assert cfg.trainer.max_epochs == 20 and cfg.hyp.mosaic == 1.0 and cfg.hyp.close_mosaic == 5
+    rules = ("loss_rule", "augment_rule", "schedule_rule")  # what FastSAM's weights learned with
+    assert all(cfg.hyp[r] == "v8_0_120" for r in rules) and cfg.hyp.optimizer == "SGD"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         default = compose("train", overrides=["+experiment=finetune", "data.shards=/tmp/s",
                                               "init_weights=x.pt", "paths.output_dir=/tmp/u"])
