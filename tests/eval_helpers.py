@@ -253,10 +253,11 @@ def fake_run(overrides: list[str], fail_at: int | None = None,
     task's annotation file, seed 11, tied scores). Returns (metrics, the predictor)."""
     from unittest import mock
 
+    import eval.pipeline as pipeline
     import eval.run as eval_run
 
     cfg = compose_eval(*overrides)
     gt = load_gt(cfg.task.annotation)
     fake = IdPredictor(predictions(gt, extra=30, seed=11, decimals=1), fail_at, delay)
-    with mock.patch.object(eval_run, "build_predictor", lambda model_cfg: fake):
+    with mock.patch.object(pipeline, "build_predictor", lambda *args: fake):
         return eval_run.run(cfg), fake

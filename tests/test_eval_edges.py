@@ -18,7 +18,8 @@ from scipy.io import savemat
 import eval.run as eval_run
 from eval.bsds import benchmark_dir, evaluate_image, load_ground_truth, summarize
 from eval.bsds.masks import edges_from_masks, mask_edge_map, normalize, outer_boundary
-from eval.edges import PAPER, bsds_records
+from eval.datasets import bsds_records
+from eval.edges import PAPER
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -230,7 +231,7 @@ def test_bad_input_names_the_file(bsds, tmp_path):
 
 
 def test_bsds_splits_are_registered_under_the_data_root(tmp_path, monkeypatch):
-    from eval.edges import bsds_folders
+    from eval.datasets import bsds_folders
 
     images, gts = bsds_folders("bsds500_test", tmp_path)
     assert images == tmp_path / "BSR/BSDS500/data/images/test"

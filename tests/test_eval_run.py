@@ -14,6 +14,7 @@ from eval_helpers import predictions
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import eval.pipeline as pipeline
 import eval.run as eval_run
 from eval.core import EmptyPredictionsError, to_prediction
 from eval.datasets import get_dataset, load_gt
@@ -79,7 +80,7 @@ def test_coco_ar_end_to_end_and_reevaluation(shared_data, tmp_path, monkeypatch)
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run"), "batch_size=2")
     gt = load_gt(Path(cfg.task.annotation))
     fake = GroundTruthPredictor(gt)
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg, *a: fake)
+    monkeypatch.setattr(pipeline, "build_predictor", lambda model_cfg, *a: fake)
     metrics = eval_run.run(cfg)
     out = tmp_path / "run"
     for name in ("metrics.json", "report.md", "ar_curve.png", "predictions.jsonl.gz"):
@@ -106,7 +107,7 @@ def test_coco_instance_end_to_end(shared_data, tmp_path, monkeypatch):
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run", "coco_instance"),
                        f"task.detections={tmp_path / 'dets.json'}", "logger=csv")
-    monkeypatch.setattr(eval_run, "build_predictor",
+    monkeypatch.setattr(pipeline, "build_predictor",
                         lambda model_cfg, *a: GroundTruthPredictor(gt))
     metrics = eval_run.run(cfg)
     # two pools of one run: official (score > 0.4, <= 300 masks) and proposals (all masks)
@@ -124,7 +125,7 @@ def test_coco_instance_end_to_end(shared_data, tmp_path, monkeypatch):
 
 def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monkeypatch):
     gt = load_gt(shared_data / "coco_sample" / "panoptic_coco_detection_format.json")
-    monkeypatch.setattr(eval_run, "build_predictor",
+    monkeypatch.setattr(pipeline, "build_predictor",
                         lambda model_cfg, *a: GroundTruthPredictor(gt, empty=True))
     with pytest.raises(EmptyPredictionsError, match="no proposals"):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "a")))
@@ -134,7 +135,7 @@ def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monk
     missing = sorted(images.iterdir())[0]
     missing.unlink()
     fake = GroundTruthPredictor(gt)
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg, *a: fake)
+    monkeypatch.setattr(pipeline, "build_predictor", lambda model_cfg, *a: fake)
     with pytest.raises(FileNotFoundError, match=missing.name):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "b"),
                                   f"task.image_root={images}"))
