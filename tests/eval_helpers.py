@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from helpers import compose_eval
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -238,13 +239,6 @@ class IdPredictor:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_eval(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
 
 
 def fake_run(overrides: list[str], fail_at: int | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,11 +69,9 @@ def test_bsds_mini_two_epochs_then_evaluation(shared_data, tmp_path):
 
 
 def test_auto_conversion_only_fills_its_own_folder(tmp_path):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=bsds_mini", f"paths.data_dir={tmp_path}",
-                                          f"data.auto_convert.output={tmp_path / 'own'}",
-                                          f"data.shards={tmp_path / 'typo'}",
-                                          f"paths.output_dir={tmp_path / 'run'}"])
+    cfg = compose_config("train", "+experiment=bsds_mini", f"paths.data_dir={tmp_path}",
+                         f"data.auto_convert.output={tmp_path / 'own'}",
+                         f"data.shards={tmp_path / 'typo'}", f"paths.output_dir={tmp_path / 'run'}")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     with pytest.raises(FileNotFoundError, match="typo"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 from pycocotools import mask as mask_utils
 
 from data_tools.render_shard import render
@@ -31,10 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def convert_cfg(inputs, out, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("convert", overrides=[f"input.paths={list(map(str, inputs))}",
-                                             f"output={out}", "sample.fraction=1.0", "workers=1",
-                                             *overrides])
+    return compose_config("convert", f"input.paths={list(map(str, inputs))}", f"output={out}",
+                          "sample.fraction=1.0", "workers=1", *overrides)
 
 
 def samples(out: Path, split: str = "train"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat, savemat
 
@@ -34,9 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def convert(out: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("convert", overrides=[f"output={out}", "workers=1", *overrides])
-    return convert_from_config(cfg)
+    return convert_from_config(compose_config("convert", f"output={out}", "workers=1",
+                                              *overrides))
 
 
 def samples(out: Path, split: str = "train") -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eval_helpers import predictions
-from hydra import compose, initialize_config_dir
+from helpers import compose_eval
 from omegaconf import OmegaConf
 
 import eval.pipeline as pipeline
@@ -20,13 +20,7 @@ from eval.core import EmptyPredictionsError, to_prediction
 from eval.datasets import get_dataset, load_gt
 from eval.report import read_predictions
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = ("coco_ar", "lvis_ar", "coco_instance", "lvis_instance")
-
-
-def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
 
 
 def sample_overrides(shared_data: Path, out: Path, task: str = "coco_ar") -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from eval_helpers import box_gt, predictions
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 import eval.run as eval_run
 from eval.core import evaluate_stream, read_rgb, to_prediction
@@ -350,9 +350,7 @@ def test_pairs_only_within_one_folder_and_keys_stay_unique(tmp_path):
 
 # --- 10. evaluation edges -----------------------------------------------------------------------
 def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("eval", overrides=["model.weights=unused.pt", "progress=false",
-                                          *overrides])
+    return compose_config("eval", "model.weights=unused.pt", "progress=false", *overrides)
 
 
 def small_gt(tmp_path: Path) -> tuple[dict, Path]:

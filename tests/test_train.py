@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 from fastsam_train import ultra
 from fastsam_train.data.shards import ShardWriter, iter_shard
@@ -29,10 +29,8 @@ SMALL = ["data.imgsz=128", "data.batch_size=4", "data.make_demo.images_per_tar=2
 
 
 def compose_train(out: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[
-            f"paths.output_dir={out}",
-            f"data.make_demo.shards={out.parent / 'demo' / 'shards'}", *overrides])
+    return compose_config("train", f"paths.output_dir={out}",
+                          f"data.make_demo.shards={out.parent / 'demo' / 'shards'}", *overrides)
 
 
 def val_rows(run_dir: Path) -> list[dict]:
