@@ -3,6 +3,10 @@ compose them, and values read from conf/ (never restated in a test)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -38,3 +42,27 @@ def bsr_benchmark() -> dict:
 
 BSR = bsr_benchmark()
 MAX_DIST = BSR["max_dist"]
+
+
+def bsds_subset(shared: Path, root: Path, counts: dict[str, int]) -> Path:
+    """A flat-layout BSDS root (``images/<split>``, ``groundTruth/<split>``) with the first
+    ``counts[split]`` images of each split of the shared BSDS500 copy."""
+    for split, count in counts.items():
+        for kind in ("images", "groundTruth"):
+            (root / kind / split).mkdir(parents=True, exist_ok=True)
+        for mat in sorted((shared / "bsds500" / "groundTruth" / split).glob("*.mat"))[:count]:
+            shutil.copy(mat, root / "groundTruth" / split / mat.name)
+            shutil.copy(shared / "bsds500" / "images" / split / f"{mat.stem}.jpg",
+                        root / "images" / split / f"{mat.stem}.jpg")
+    return root
+
+
+def kill_when_done(proc, done: Path, count: int = 2, timeout: float = 120) -> int:
+    """SIGKILL the conversion ``proc`` once ``done`` holds ``count`` ``*.json`` markers (or
+    after ``timeout`` seconds); returns how many it had finished."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(done.glob("*.json"))) < count:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list(done.glob("*.json")))
