@@ -158,6 +158,10 @@ def test_every_experiment_runs_one_batch(tmp_path, experiment, monkeypatch):
     assert module.ema.updates == steps and module.last_opt_step == steps - 1
     assert module.hyp.loss_rule == module.hyp.augment_rule == rule
     assert module.model.model[-1].reg_max == 26
+    # debug=fdr is a dry run (conf/debug/fdr.yaml): no checkpoint, summary or export written
+    run = tmp_path / "run"
+    assert not list(run.rglob("*.ckpt")) and not (run / "metrics.json").exists()
+    assert not (run / "weights").exists()
 
 
 def nan_loss(model, rule="v8_4"):
