@@ -70,6 +70,29 @@ def test_every_task_composes_and_a_task_is_required():
         compose_eval()
 
 
+def test_tasks_name_their_pipeline_and_evaluator(tmp_path):
+    """Every task builds its evaluator from ``task.evaluator`` (task keys interpolated); a
+    ``_target_`` outside the eval package is refused before anything runs."""
+    from eval.proposals import ProposalEvaluator
+
+    gt = {"images": [{"id": 1, "height": 4, "width": 4}], "categories": [{"id": 1}],
+          "annotations": []}
+    for task in TASKS:
+        assert compose_eval(f"task={task}").task.pipeline._target_ == \
+            "eval.pipeline.evaluate_dataset"
+    cfg = compose_eval("task=coco_ar", "task.max_dets=[5]", "task.box_source=mask")
+    ev = pipeline.build(cfg.task.evaluator)(gt=gt, model=cfg.model)
+    assert isinstance(ev, ProposalEvaluator) and ev.max_dets == (5,) and ev.box_source == "mask"
+    edges = compose_eval("task=bsds_edges", "task.nthresh=7", "task.workers=1")
+    assert edges.task.pipeline._target_ == "eval.pipeline.evaluate_edges"
+    ev = pipeline.build(edges.task.evaluator)
+    assert ev.kwargs == {"nthresh": 7, "max_dist": 0.0075, "exact": True} and ev.workers == 1
+    bad = compose_eval(*sample_overrides(Path("/nope"), tmp_path),
+                       "task.pipeline._target_=os.system")
+    with pytest.raises(ValueError, match="eval package, got 'os.system'"):
+        eval_run.run(bad)
+
+
 def test_coco_ar_end_to_end_and_reevaluation(shared_data, tmp_path, monkeypatch):
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run"), "batch_size=2")
     gt = load_gt(Path(cfg.task.annotation))
