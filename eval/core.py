@@ -1,7 +1,8 @@
 """The evaluator protocol and the one inference loop shared by every task (COCO / LVIS /
 BSDS regions and BSDS edges).
 
-    predictions = inference_stream(dataset, predictor, images, batch_size=1, max_dets=1000)
+    predictions = inference_stream(dataset, predictor, images, batch_size=1, max_dets=1000,
+                                   max_pixels=50_000_000)   # conf/eval.yaml max_pixels
     metrics = evaluate_stream(predictions, [ProposalEvaluator(dataset.gt)], total=len(images))
 
 As in detectron2: an evaluator is ``reset()`` / ``process(inputs, outputs)`` / ``evaluate()``;
@@ -35,7 +36,6 @@ from fastsam_train.images import read_image
 from fastsam_train.metrics.matching import rle_areas
 
 log = logging.getLogger(__name__)
-MAX_PIXELS = 50_000_000  # conf/eval.yaml max_pixels; COCO / LVIS images are ~0.3 MP
 RLE_CHUNK = 64  # masks encoded at once: bounds the dense uint8 copy to 64 x H x W bytes
 
 
@@ -161,7 +161,7 @@ def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Pre
     return Prediction(iid, h, w, rles, areas, mask_boxes, boxes[order], scores[order])
 
 
-def read_rgb(path, image: dict, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_rgb(path, image: dict, max_pixels: int) -> np.ndarray:
     """RGB uint8 (H, W, 3) of an image file, checked against its record's size when the record
     has one (EXIF orientation is ignored: annotations are in stored pixel order, as BSR's
     MATLAB ``imread`` reads BSDS). Read by ``fastsam_train.images``: over ``max_pixels`` is
@@ -181,7 +181,7 @@ def sized(image: dict, rgb: np.ndarray) -> dict:
 
 def inference_stream(dataset: EvalDataset, predictor: Predictor, images: list[dict],
                      batch_size: int = 1, max_dets: int | None = 1000,
-                     timing: dict | None = None, max_pixels: int = MAX_PIXELS,
+                     timing: dict | None = None, *, max_pixels: int,
                      convert: Callable[[dict, dict, int | None], Any] = to_prediction
                      ) -> Iterator[tuple[dict, Any]]:
     """Run ``predictor`` over ``images`` (all files checked first); yields (record, output)

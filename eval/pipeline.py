@@ -113,7 +113,7 @@ def prediction_stream(cfg: DictConfig, dataset, todo: list[dict], timing: dict,
     dataset.check_images(todo)  # fail on a missing file before loading the model
     predictor = build_predictor(cfg.model, cfg.task.kind, detections)
     return inference_stream(dataset, predictor, todo, cfg.batch_size,
-                            cfg.model.max_det, timing, cfg.max_pixels)
+                            cfg.model.max_det, timing, max_pixels=cfg.max_pixels)
 
 
 def evaluate_dataset(cfg: DictConfig) -> dict[str, float]:
@@ -202,7 +202,8 @@ def evaluate_edges(cfg: DictConfig) -> dict[str, float]:
     for method in methods:
         evaluator, edges_dir = build(task.evaluator), out / "edges" / method
         stream = inference_stream(dataset, edge_predictor(cfg, method), records,
-                                  cfg.batch_size, None, None, cfg.max_pixels, convert=edge_map)
+                                  cfg.batch_size, None, None, max_pixels=cfg.max_pixels,
+                                  convert=edge_map)
         evaluate_stream(stream, [evaluator, EdgeMapWriter(edges_dir)], len(records),
                         cfg.progress, desc=f"{task.name}:{method}")
         results[method], counts[method] = evaluator.scores, evaluator.counts

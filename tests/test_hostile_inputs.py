@@ -266,7 +266,8 @@ def test_pixel_limit_in_predict_and_eval(tmp_path, capsys):
                      "--max-pixels", "1000", "--out", str(out)]) == 2
     assert "small.jpg: 50x40" in capsys.readouterr().err and not out.exists()
     with pytest.raises(ImageReadError, match="bomb.jpg.*max_pixels"):
-        read_rgb(tmp_path / "bomb.jpg", {"id": 1, "height": 20000, "width": 20000})
+        read_rgb(tmp_path / "bomb.jpg", {"id": 1, "height": 20000, "width": 20000},
+                 max_pixels=50_000_000)
     never = Predictor(lambda x: pytest.fail("the network ran"), PredictOptions(max_pixels=1000))
     with pytest.raises(ImageReadError, match="max_pixels"):
         never.everything(np.zeros((300, 400, 3), np.uint8))
