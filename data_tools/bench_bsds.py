@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from eval.bsds import (
@@ -39,6 +40,9 @@ from eval.bsds import (
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# BSR's settings (nthresh 99, maxDist 0.0075) from their one home, the edge task's config
+_TASK = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/task/bsds_edges.yaml").task
+BSR = {"nthresh": int(_TASK.nthresh), "max_dist": float(_TASK.max_dist)}
 PUBLISHED_HED = {"ods": 0.788, "ois": 0.806, "ap": 0.809, "r50": 0.898}
 
 
@@ -85,9 +89,11 @@ def compare(data: Path, images: int, nthresh: int, workers: int, exact: bool) ->
     """Time pyedgeeval and ours on the first ``images`` HED maps with the same thresholds."""
     pred_dir, gt_dir = data / "hed_bsds500_maps", data / "bsds500" / "groundTruth" / "test"
     ids = sorted(p.stem for p in pred_dir.glob("*.png"))[:images]
-    evaluate_dir(pred_dir, gt_dir, ids=ids[:1], nthresh=1, workers=1, progress=False)  # JIT
+    evaluate_dir(pred_dir, gt_dir, ids=ids[:1], nthresh=1, max_dist=BSR["max_dist"], workers=1,
+                 progress=False)  # JIT
     ours, wall, cpu = _timed(
-        evaluate_dir, pred_dir, gt_dir, ids=ids, nthresh=nthresh, workers=workers, exact=exact
+        evaluate_dir, pred_dir, gt_dir, ids=ids, nthresh=nthresh, max_dist=BSR["max_dist"],
+        workers=workers, exact=exact,
     )
     ref, ref_wall, ref_cpu = _timed(
         _reference_dir, list_pairs(pred_dir, gt_dir, ids), nthresh, workers
@@ -117,6 +123,7 @@ def hed(data: Path, workers: int, exact: bool, out: Path | None, plot: Path | No
         data / "hed_bsds500_maps",
         gt_dir,
         out_dir=out,
+        **BSR,
         workers=workers,
         exact=exact,
     )
@@ -146,6 +153,7 @@ def baselines(data: Path, workers: int, images: int | None, plot: Path | None) -
                 benchmark_dir,
                 out,
                 data / "bsds500" / "groundTruth" / "test",
+                **BSR,
                 workers=workers,
                 ids=[j.stem for j in jpgs],
             )
@@ -160,7 +168,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--images", type=int, default=None, help="subset size (compare: 10)")
-    ap.add_argument("--nthresh", type=int, default=99)
+    ap.add_argument("--nthresh", type=int, default=BSR["nthresh"])
     ap.add_argument("--out", type=Path, default=None, help="hed: write BSR result files here")
     ap.add_argument("--plot", type=Path, default=None, help="save a PR curve PNG")
     ap.add_argument("--fast", action="store_true", help="max-cardinality matcher, not exact")

@@ -241,7 +241,8 @@ def our_training(inputs: dict, stop_after: int | None = None, run: str = "auto")
     torch.manual_seed(0)
     module = FastSAMModule(MODEL, hyp(epochs=t["epochs"], nbs=t["nbs"],
                                       warmup_epochs=t["warmup_epochs"],
-                                      **SPEC["train_runs"][run]), overlay_samples=0)
+                                      **SPEC["train_runs"][run]), overlay_samples=0,
+                           val_nms=OmegaConf.load(REPO / "conf" / "train.yaml").val_nms)
     module.model.load_state_dict(inputs["weights"])
     recorder = Recorder(inputs["proj"], stop_after)
     # float64 on both sides: float32 rounding (torch 2.0.1 vs ours) would grow chaotically

@@ -4,7 +4,7 @@ then one summary table and one PR-curve figure for the whole run.
 
     python train.py +experiment=bsds_mini      # trains, then runs this (conf: final_eval)
 
-Each evaluation is an ordinary ``eval/run.py`` run (``eval.run.run`` on the composed
+Each evaluation is an ordinary ``eval/run.py`` run (``eval.pipeline.run`` on the composed
 ``conf/eval.yaml``) writing into ``<run>/eval/<task>_<model>/``; the summary reads their
 ``metrics.json`` and BSR per-image files, so it can be rebuilt from a finished run with
 ``summarize_run(<run>/eval)``.
@@ -50,7 +50,7 @@ def evaluate_run(run_dir: str | Path, tasks: dict[str, list[str]], baselines: li
     to choose ``bsds_edges``' score threshold on the conversion's held-out images first
     (``select_edge_conf``); None keeps the task's own.
     """
-    from eval.run import run
+    from eval.pipeline import run
 
     run_dir = Path(run_dir)
     models = {k: run_dir / v for k, v in MODELS.items() if k == "trained" or untrained}
@@ -107,7 +107,7 @@ def select_edge_conf(run_dir: Path, weights: Path, shards: Path, root: str | Pat
     conversion held out from training (never the test set); ties go to the higher threshold.
     FastSAM's own 0.4 assumes its score scale: a short-trained model may score every mask
     lower. Writes ``<run>/eval/edge_conf.json``."""
-    from eval.run import run
+    from eval.pipeline import run
 
     held = heldout_split(shards, root, run_dir / "eval" / "heldout")
     ods = {}

@@ -1,6 +1,8 @@
-"""The evaluator protocol and the one inference loop shared by every COCO / LVIS task.
+"""The evaluator protocol and the one inference loop shared by every task (COCO / LVIS /
+BSDS regions and BSDS edges).
 
-    predictions = inference_stream(dataset, predictor, images, batch_size=1, max_dets=1000)
+    predictions = inference_stream(dataset, predictor, images, batch_size=1, max_dets=1000,
+                                   max_pixels=50_000_000)   # conf/eval.yaml max_pixels
     metrics = evaluate_stream(predictions, [ProposalEvaluator(dataset.gt)], total=len(images))
 
 As in detectron2: an evaluator is ``reset()`` / ``process(inputs, outputs)`` / ``evaluate()``;
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,7 +36,6 @@ from fastsam_train.images import read_image
 from fastsam_train.metrics.matching import rle_areas
 
 log = logging.getLogger(__name__)
-MAX_PIXELS = 50_000_000  # conf/eval.yaml max_pixels; COCO / LVIS images are ~0.3 MP
 RLE_CHUNK = 64  # masks encoded at once: bounds the dense uint8 copy to 64 x H x W bytes
 
 
@@ -160,38 +161,48 @@ def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Pre
     return Prediction(iid, h, w, rles, areas, mask_boxes, boxes[order], scores[order])
 
 
-def read_rgb(path, image: dict, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of an image file, checked against its record's size (EXIF
-    orientation is ignored: annotations are in stored pixel order). Read by
-    ``fastsam_train.images``: over ``max_pixels`` is refused before decoding, corrupt data is
-    logged."""
+def read_rgb(path, image: dict, max_pixels: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an image file, checked against its record's size when the record
+    has one (EXIF orientation is ignored: annotations are in stored pixel order, as BSR's
+    MATLAB ``imread`` reads BSDS). Read by ``fastsam_train.images``: over ``max_pixels`` is
+    refused before decoding, corrupt data is logged."""
     rgb = read_image(path, max_pixels, color="rgb", corrupt="warn", orientation=False)
-    if rgb.shape[:2] != (image["height"], image["width"]):
+    if "height" in image and rgb.shape[:2] != (image["height"], image["width"]):
         raise ValueError(f"image id {image['id']} ({path}) is {rgb.shape[:2]} but "
                          f"{(image['height'], image['width'])} in the annotations")
     return rgb
 
 
+def sized(image: dict, rgb: np.ndarray) -> dict:
+    """The record with ``height`` / ``width`` (from the pixels read when it has none)."""
+    return image if "height" in image else {**image, "height": rgb.shape[0],
+                                            "width": rgb.shape[1]}
+
+
 def inference_stream(dataset: EvalDataset, predictor: Predictor, images: list[dict],
                      batch_size: int = 1, max_dets: int | None = 1000,
-                     timing: dict | None = None, max_pixels: int = MAX_PIXELS
-                     ) -> Iterator[tuple[dict, Prediction]]:
-    """Run ``predictor`` over ``images`` (all files checked first); yields (record, Prediction).
-    ``timing`` (if given) accumulates seconds in ``read`` / ``predict`` / ``convert``;
-    ``max_pixels``: larger image files are refused before decoding (conf: ``max_pixels``)."""
+                     timing: dict | None = None, *, max_pixels: int,
+                     convert: Callable[[dict, dict, int | None], Any] = to_prediction
+                     ) -> Iterator[tuple[dict, Any]]:
+    """Run ``predictor`` over ``images`` (all files checked first); yields (record, output)
+    with each output turned into a ``Prediction`` (or what ``convert(record, output,
+    max_dets)`` returns: ``eval.edges.edge_map`` for edge maps). ``timing`` (if given)
+    accumulates seconds in ``read`` / ``predict`` / ``convert``; ``max_pixels``: larger image
+    files are refused before decoding (conf: ``max_pixels``)."""
     dataset.check_images(images)
     timing = timing if timing is not None else {}
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         t0 = time.perf_counter()
         arrays = [read_rgb(dataset.image_path(im), im, max_pixels) for im in batch]
+        batch = [sized(im, rgb) for im, rgb in zip(batch, arrays, strict=True)]
         t1 = time.perf_counter()
         outputs = predictor.predict(arrays, batch) if getattr(predictor, "needs_records", False) \
             else predictor.predict(arrays)
         t2 = time.perf_counter()
         if len(outputs) != len(batch):
             raise ValueError(f"predictor returned {len(outputs)} outputs for {len(batch)} images")
-        preds = [to_prediction(im, out, max_dets) for im, out in zip(batch, outputs, strict=True)]
+        preds = [convert(im, out, max_dets) for im, out in zip(batch, outputs, strict=True)]
         t3 = time.perf_counter()
         for key, dt in (("read", t1 - t0), ("predict", t2 - t1), ("convert", t3 - t2)):
             timing[key] = timing.get(key, 0.0) + dt

@@ -14,7 +14,8 @@ Standard layout under the data root (detectron2's, so an existing ``datasets/`` 
 
 BSDS500 splits (``bsds500_test`` / ``_val`` / ``_train``) are built from the human segmentations
 (``fastsam_train.data.bsds``: BSR layout, ``<root>/bsds500`` or flat): one annotator per image
-by the conversion's rule, each region (at least ``min_area`` pixels) one object, as COCO RLE.
+by the conversion's rule, each region (at least ``min_area`` pixels) one object, as COCO RLE;
+with ``boundaries=True`` (the edge task) one record per image and ``.mat`` file instead.
 
 LVIS images are COCO 2017 images: each image's ``coco_url`` (``.../val2017/<name>.jpg`` or
 ``.../train2017/<name>.jpg``) names the split folder and the file under ``<root>/coco``.
@@ -297,24 +298,78 @@ def mask_box(mask: np.ndarray) -> list[float]:
             float(rows[-1] - rows[0] + 1)]
 
 
-def _bsds(name: str, split: str) -> Builder:
-    def build(root=None, annotation_path=None, image_dir=None, gt_dir=None,
-              layout: str = "auto", **options) -> EvalDataset:
-        from fastsam_train.data.bsds import split_dirs
+# BSDS splits by name, under the data root in BSR's layout (<root>/BSR/BSDS500/data/{images,
+# groundTruth}/<split>), a <root>/bsds500 folder or flat (fastsam_train.data.bsds.split_dirs).
+BSDS_SPLITS = {"bsds500_test": "test", "bsds500_val": "val", "bsds500_train": "train"}
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".bmp", ".tif")
 
+
+def bsds_folders(name: str, root: str | Path | None = None, image_dir: str | Path | None = None,
+                 gt_dir: str | Path | None = None, layout: str = "auto") -> tuple[Path, Path]:
+    """(image folder, ground-truth folder) of the registered split ``name`` under ``root``
+    (default ``$FASTSAM_DATA``, conf: ``paths.data_dir``); ``image_dir`` / ``gt_dir`` override."""
+    from fastsam_train.data.bsds import split_dirs
+
+    if name not in BSDS_SPLITS:
+        raise KeyError(f"unknown BSDS split {name!r}; registered: {sorted(BSDS_SPLITS)}")
+    if image_dir and gt_dir:
+        return Path(image_dir), Path(gt_dir)
+    images, gts = split_dirs(data_root(root), BSDS_SPLITS[name], layout)
+    return (Path(image_dir) if image_dir else images, Path(gt_dir) if gt_dir else gts)
+
+
+def bsds_records(image_dir: str | Path, gt_dir: str | Path,
+                 max_images: int | None = None) -> list[dict]:
+    """One record per ground-truth file, sorted by id: ``{"id", "image", "gt"}``.
+
+    Standard layout: ``BSR/BSDS500/data/images/test/<id>.jpg`` beside
+    ``.../groundTruth/test/<id>.mat``. Every .mat needs an image and every image a .mat;
+    anything missing raises FileNotFoundError naming the file (before any model is loaded).
+    """
+    image_dir, gt_dir = Path(image_dir), Path(gt_dir)
+    for d in (image_dir, gt_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"BSDS folder not found: {d}")
+    images = {p.stem: p for p in sorted(image_dir.iterdir())
+              if p.suffix.lower() in IMAGE_SUFFIXES}
+    gts = {p.stem: p for p in gt_dir.glob("*.mat")}
+    if not gts:
+        raise FileNotFoundError(f"no ground truth (*.mat) in {gt_dir}")
+    if no_gt := sorted(set(images) - set(gts)):
+        raise FileNotFoundError(f"ground truth not found: {gt_dir / (no_gt[0] + '.mat')} "
+                                f"(for image {images[no_gt[0]]})")
+    if no_image := sorted(set(gts) - set(images)):
+        raise FileNotFoundError(f"image not found for ground truth {gts[no_image[0]]} "
+                                f"(looked for {no_image[0]}.jpg/.png in {image_dir})")
+    records = [{"id": i, "image": images[i], "gt": gts[i]} for i in sorted(gts)]
+    return records[:max_images] if max_images else records
+
+
+def by_record(root: Path, image: dict) -> Path:
+    """The image path a BSDS boundary record holds (found by listing its split folder)."""
+    return image["image"]
+
+
+def _bsds(name: str) -> Builder:
+    def build(root=None, annotation_path=None, image_dir=None, gt_dir=None,
+              layout: str = "auto", boundaries: bool = False, **options) -> EvalDataset:
+        """``boundaries``: the edge task's records (image and .mat paths, no decoding; kind
+        ``bsds_boundaries``); else the regions as COCO objects (``bsds_regions``)."""
         if annotation_path:
             raise ValueError(f"{name} is built from BSDS .mat files; set task.gt_dir, not "
                              "task.annotation")
-        if not (image_dir and gt_dir):
-            default_images, default_gts = split_dirs(data_root(root), split, layout)
-            image_dir, gt_dir = image_dir or default_images, gt_dir or default_gts
-        gt = bsds_regions((Path(image_dir), Path(gt_dir)), **options)
-        return EvalDataset(name, "bsds", gt, Path(gt_dir), Path(image_dir), by_file_name)
+        image_dir, gt_dir = bsds_folders(name, root, image_dir, gt_dir, layout)
+        if boundaries:
+            gt = {"images": bsds_records(image_dir, gt_dir), "annotations": [],
+                  "categories": []}
+            return EvalDataset(name, "bsds_boundaries", gt, gt_dir, image_dir, by_record)
+        gt = bsds_regions((image_dir, gt_dir), **options)
+        return EvalDataset(name, "bsds", gt, gt_dir, image_dir, by_file_name)
     return build
 
 
-for _split in ("test", "val", "train"):
-    register(f"bsds500_{_split}", _bsds(f"bsds500_{_split}", _split))
+for _name in BSDS_SPLITS:
+    register(_name, _bsds(_name))
 
 
 def get_dataset(name: str, root: str | Path | None = None,
@@ -322,7 +377,7 @@ def get_dataset(name: str, root: str | Path | None = None,
                 image_root: str | Path | None = None, **options) -> EvalDataset:
     """The registered dataset ``name``; ``annotation`` / ``image_root`` override its paths;
     ``options`` go to its builder (BSDS: ``gt_dir``, ``layout``, ``annotator``,
-    ``min_area``)."""
+    ``min_area``, ``boundaries``)."""
     if name not in REGISTRY:
         raise KeyError(f"unknown dataset {name!r}; registered: {sorted(REGISTRY)}")
     return REGISTRY[name](root, annotation, image_root, **options)

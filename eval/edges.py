@@ -4,7 +4,9 @@
     python eval/run.py task=bsds_edges task.methods=[sobel,canny]     # baselines, no model
 
 Every method is an edge ``predict(images) -> [{"edges": (H, W) in [0, 1]}]`` and goes through
-the same loop and evaluators as the COCO tasks (``eval.core.evaluate_stream``): a
+the same loop as the COCO tasks (``eval.core.inference_stream`` with ``convert=edge_map`` over
+the registered split's records, ``eval.datasets`` ``boundaries=True``; then
+``eval.core.evaluate_stream``) to evaluators of the same protocol: a
 ``BoundaryEvaluator`` (our exact re-implementation of the BSR benchmark, ``eval.bsds``; its
 numbers are checked against BSR's own demo outputs and pyedgeeval in tests/test_bsds.py) and an
 ``EdgeMapWriter`` that keeps every map as the 8-bit PNG the benchmark reads. Matching runs in
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -38,10 +40,6 @@ from eval.bsds import (
     write_results,
 )
 from eval.bsds.masks import edges_from_masks
-from eval.core import MAX_PIXELS
-from eval.datasets import data_root
-from fastsam_train.data.bsds import split_dirs
-from fastsam_train.images import read_image
 
 # FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50, as the paper
 # text in ../shared/paper reads; CUT: no number there (cut off), "—": the text prints a dash.
@@ -57,73 +55,17 @@ PAPER = {
 }
 COLUMNS = ("ods", "ois", "ap", "r50")
 LABELS = {"fastsam": "FastSAM", "sam": "SAM", "sobel": "Sobel", "canny": "Canny"}  # row names
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".bmp", ".tif")
 
 
-# --- data -----------------------------------------------------------------------------------
-# BSDS splits by name, under the data root in BSR's layout (<root>/BSR/BSDS500/data/{images,
-# groundTruth}/<split>), a <root>/bsds500 folder or flat (fastsam_train.data.bsds.split_dirs).
-BSDS_DATASETS = {"bsds500_test": "test", "bsds500_val": "val", "bsds500_train": "train"}
-
-
-def bsds_folders(name: str, root: str | Path | None = None, image_dir: str | Path | None = None,
-                 gt_dir: str | Path | None = None, layout: str = "auto") -> tuple[Path, Path]:
-    """(image folder, ground-truth folder) of the registered split ``name`` under ``root``
-    (default ``$FASTSAM_DATA``, conf: ``paths.data_dir``); ``image_dir`` / ``gt_dir`` override."""
-    if name not in BSDS_DATASETS:
-        raise KeyError(f"unknown BSDS split {name!r}; registered: {sorted(BSDS_DATASETS)}")
-    if image_dir and gt_dir:
-        return Path(image_dir), Path(gt_dir)
-    images, gts = split_dirs(data_root(root), BSDS_DATASETS[name], layout)
-    return (Path(image_dir) if image_dir else images, Path(gt_dir) if gt_dir else gts)
-
-
-def bsds_records(image_dir: str | Path, gt_dir: str | Path,
-                 max_images: int | None = None) -> list[dict]:
-    """One record per ground-truth file, sorted by id: ``{"id", "image", "gt"}``.
-
-    Standard layout: ``BSR/BSDS500/data/images/test/<id>.jpg`` beside
-    ``.../groundTruth/test/<id>.mat``. Every .mat needs an image and every image a .mat;
-    anything missing raises FileNotFoundError naming the file (before any model is loaded).
-    """
-    image_dir, gt_dir = Path(image_dir), Path(gt_dir)
-    for d in (image_dir, gt_dir):
-        if not d.is_dir():
-            raise FileNotFoundError(f"BSDS folder not found: {d}")
-    images = {p.stem: p for p in sorted(image_dir.iterdir())
-              if p.suffix.lower() in IMAGE_SUFFIXES}
-    gts = {p.stem: p for p in gt_dir.glob("*.mat")}
-    if not gts:
-        raise FileNotFoundError(f"no ground truth (*.mat) in {gt_dir}")
-    if no_gt := sorted(set(images) - set(gts)):
-        raise FileNotFoundError(f"ground truth not found: {gt_dir / (no_gt[0] + '.mat')} "
-                                f"(for image {images[no_gt[0]]})")
-    if no_image := sorted(set(gts) - set(images)):
-        raise FileNotFoundError(f"image not found for ground truth {gts[no_image[0]]} "
-                                f"(looked for {no_image[0]}.jpg/.png in {image_dir})")
-    records = [{"id": i, "image": images[i], "gt": gts[i]} for i in sorted(gts)]
-    return records[:max_images] if max_images else records
-
-
-def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 (H, W, 3) via ``fastsam_train.images`` (a pixel limit before decoding)."""
-    return read_image(path, max_pixels, color="rgb", corrupt="warn")
-
-
-def edge_stream(records: Sequence[dict], predictor, batch_size: int = 1,
-                max_pixels: int = MAX_PIXELS) -> Iterator[tuple[dict, np.ndarray]]:
-    """(record, edge map float (H, W) in [0, 1]) for every record, ``batch_size`` at a time;
-    image files over ``max_pixels`` are refused before decoding."""
-    for start in range(0, len(records), batch_size):
-        batch = records[start:start + batch_size]
-        arrays = [read_rgb(r["image"], max_pixels) for r in batch]
-        outputs = predictor.predict(arrays)
-        for record, image, out in zip(batch, arrays, outputs, strict=True):
-            edges = np.asarray(out["edges"], dtype=np.float64)
-            if edges.shape != image.shape[:2]:
-                raise ValueError(f"{record['image']}: edge map {edges.shape} is not the image "
-                                 f"size {image.shape[:2]}")
-            yield {**record, "height": image.shape[0], "width": image.shape[1]}, edges
+# --- the loop's conversion (eval.core.inference_stream's ``convert``) -------------------------
+def edge_map(record: dict, output: dict, max_dets: int | None = None) -> np.ndarray:
+    """An edge predictor's output -> its map float (H, W) in [0, 1], checked to be at the
+    image's size (``max_dets`` does not apply to maps)."""
+    edges = np.asarray(output["edges"], dtype=np.float64)
+    if edges.shape != (record["height"], record["width"]):
+        raise ValueError(f"{record['image']}: edge map {edges.shape} is not the image size "
+                         f"{(record['height'], record['width'])}")
+    return edges
 
 
 # --- methods --------------------------------------------------------------------------------
@@ -167,10 +109,12 @@ class BoundaryEvaluator:
 
     Each map is scored as the 8-bit PNG a benchmark would read (``round(255 x)``). Matching is
     submitted to ``workers`` processes as maps arrive (1 = in this process). ``evaluate()`` sets
-    ``self.scores`` (BoundaryScores) and ``self.counts`` ({id: ImageCounts})."""
+    ``self.scores`` (BoundaryScores) and ``self.counts`` ({id: ImageCounts}). ``nthresh``
+    (BSR: 99 thresholds), ``max_dist`` (BSR: 0.0075 of the image diagonal) and ``exact``: the
+    task's keys (conf/task/bsds_edges.yaml); ``workers`` None: every core."""
 
-    def __init__(self, nthresh: int = 99, max_dist: float = 0.0075, exact: bool = True,
-                 workers: int | None = None, progress: bool = True) -> None:
+    def __init__(self, *, nthresh: int, max_dist: float, exact: bool, workers: int | None,
+                 progress: bool = True) -> None:
         self.kwargs = {"nthresh": nthresh, "max_dist": max_dist, "exact": exact}
         self.workers, self.progress = workers or os.cpu_count() or 1, progress
         self.scores: BoundaryScores | None = None
@@ -248,8 +192,8 @@ def markdown(results: dict[str, BoundaryScores], info: dict) -> str:
     return "\n".join([
         "# bsds_edges: BSDS500 test, zero-shot edge detection (FastSAM Table 2)", "",
         f"{info.get('images', '?')} images of `{info.get('image_dir', '?')}`; ground truth "
-        f"`{info.get('gt_dir', '?')}`; {info.get('nthresh', 99)} thresholds, maxDist "
-        f"{info.get('max_dist', 0.0075)}, {'exact' if info.get('exact', True) else 'fast'} "
+        f"`{info.get('gt_dir', '?')}`; {info['nthresh']} thresholds, maxDist "
+        f"{info['max_dist']}, {'exact' if info['exact'] else 'fast'} "
         "matching.", "", model_line(info), "", head, *paper, *ours, "",
         "Paper rows: FastSAM (arXiv:2306.12156v1) Table 2, which copies SAM's Table 3 for the "
         "rows above it, as they read in ../shared/paper/fastsam_arxiv_2306.12156.txt: \"cut "

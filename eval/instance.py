@@ -134,6 +134,13 @@ class InstanceEvaluator:
         self._images = next(iter(self._ap.values())).index.images
         self.reset()
 
+    def report_rows(self) -> list[tuple[str, str]]:
+        """Our rows in report.md: (label, metric prefix) per pool, or SAM's box prompts."""
+        if self.prompted:
+            return [("SAM (ours, box prompts)", "mask")]
+        return [(f"FastSAM (ours, {name} pool: conf {p['conf']:g}, <= {p['max_det']} masks)",
+                 pool_prefix(name, i == 0)) for i, (name, p) in enumerate(self.pools.items())]
+
     def reset(self) -> None:
         self._seen: set[int] = set()
         self._with_dets = self._boxes = 0
@@ -214,6 +221,30 @@ class InstanceEvaluator:
             metrics.update({f"{prefix}/boxes": float(self._boxes),
                             f"{prefix}/boxes_without_mask": float(self._dropped[name])})
         return metrics
+
+
+def instance_pools(pools: dict | None, model) -> dict[str, dict]:
+    """The task's pools (``{name: {conf, max_det}}``; None: one pool of the model's run), each
+    checked to be reachable from the model's own run (``model.conf`` / ``model.max_det``)."""
+    pools = dict(pools) if pools else {"all": {"conf": model.conf, "max_det": model.max_det}}
+    for name, pool in pools.items():
+        if pool["conf"] < model.conf or pool["max_det"] > model.max_det:
+            raise ValueError(
+                f"task.pools.{name} (conf {pool['conf']}, max_det {pool['max_det']}) is not "
+                f"inside the model's run (model.conf {model.conf}, model.max_det "
+                f"{model.max_det}): lower model.conf / raise model.max_det")
+    return pools
+
+
+def for_task(gt: dict, model, *, detections, api: str, max_dets: int,
+             pools: dict | None) -> InstanceEvaluator:
+    """The instance task's evaluator (conf/task/*_instance.yaml ``evaluator``): ``detections``
+    (a results json) loaded against ``gt``; SAM (``model.name``) is prompted with each box, so
+    no pools apply; FastSAM chooses among the ``pools`` of its run (``instance_pools``)."""
+    prompted = model.name == "sam"
+    pools = None if prompted else instance_pools(pools, model)
+    return InstanceEvaluator(gt, load_detections(detections, gt), api, max_dets, pools,
+                             prompted)
 
 
 @contextlib.contextmanager

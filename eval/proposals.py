@@ -191,3 +191,9 @@ class ProposalEvaluator:
             table = self._acc[prefix, group].recall_table((top,))
             out[f"{prefix}/ar_{group}_{top}"] = mean_valid(table[:, 0, 0])
         return out
+
+
+def for_task(gt: dict, model, **options) -> ProposalEvaluator:
+    """The proposal tasks' evaluator (conf/task/*_ar.yaml ``evaluator``; ``options``: its
+    keyword arguments). Proposals are scored the same for every model."""
+    return ProposalEvaluator(gt, **options)

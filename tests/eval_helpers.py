@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from helpers import compose_eval
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -240,23 +241,17 @@ class IdPredictor:
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_eval(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
-
-
 def fake_run(overrides: list[str], fail_at: int | None = None,
              delay: float = 0.0) -> tuple[dict, IdPredictor]:
     """``eval.run.run`` with ``IdPredictor`` as the model (its outputs: ``predictions`` of the
     task's annotation file, seed 11, tied scores). Returns (metrics, the predictor)."""
     from unittest import mock
 
+    import eval.pipeline as pipeline
     import eval.run as eval_run
 
     cfg = compose_eval(*overrides)
     gt = load_gt(cfg.task.annotation)
     fake = IdPredictor(predictions(gt, extra=30, seed=11, decimals=1), fail_at, delay)
-    with mock.patch.object(eval_run, "build_predictor", lambda model_cfg: fake):
+    with mock.patch.object(pipeline, "build_predictor", lambda *args: fake):
         return eval_run.run(cfg), fake

@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import val_nms
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from fastsam_train.train.datamodule import ShardDataModule
@@ -24,7 +25,7 @@ MODEL = {"arch": "yolov8-seg", "scale": "n", "nc": 1, "reg_max": 26, "prototypes
 def one_step(shards, precision_plugin=None) -> tuple[dict, dict, FastSAMModule]:
     """Weights before and after one optimizer step on the same batch, and the module."""
     torch.manual_seed(0)
-    module = FastSAMModule(MODEL, HYP, overlay_samples=0)
+    module = FastSAMModule(MODEL, HYP, overlay_samples=0, val_nms=val_nms())
     before = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
     data = ShardDataModule(str(shards), imgsz=96, batch_size=4, num_workers=0, seed=0,
                            max_val_images=0, hyp=HYP)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import BSR, MAX_DIST
 
 from eval.bsds import (
     benchmark_dir,
@@ -51,7 +52,8 @@ def data() -> Path:
 def demo_counts(data):
     demo = data / "bsds_bench_demo"
     return [
-        evaluate_files(demo / "png" / f"{i}.png", demo / "groundTruth" / f"{i}.mat", nthresh=5)
+        evaluate_files(demo / "png" / f"{i}.png", demo / "groundTruth" / f"{i}.mat", nthresh=5,
+                       max_dist=MAX_DIST)
         for i in DEMO_IDS
     ]
 
@@ -111,6 +113,7 @@ def test_hed_subset_counts_match_reference(data):
         ours = evaluate_files(
             data / "hed_bsds500_maps" / f"{iid}.png",
             data / "bsds500" / "groundTruth" / "test" / f"{iid}.mat",
+            **BSR,
         )
         ref = read_counts(data / "hed_bsds500_eval" / f"{iid}_ev1.txt")
         np.testing.assert_allclose(ours.thresholds, ref.thresholds, atol=1e-9)
@@ -162,7 +165,7 @@ def test_match_counts_vs_pyedgeeval_on_crops(data):
         for gt in gts:
             m1, m2, _, _ = ref.correspond_pixels(pred.astype(float), gt.astype(float))
             for exact in (True, False):
-                mp, mg = match_pixels(pred, gt, exact=exact)
+                mp, mg = match_pixels(pred, gt, MAX_DIST, exact=exact)
                 assert mp.sum() == mg.sum()
                 assert 0 <= mg.sum() - (m2 > 0).sum() <= 3
                 assert (mp & ~pred).sum() == 0 and (mg & ~gt).sum() == 0
@@ -174,13 +177,14 @@ def test_match_geometry():
     for shift, expected in ((0, 130), (1, 130), (2, 0)):
         pred = np.roll(gt, shift, axis=0)
         for exact in (True, False):
-            mp, mg = match_pixels(pred, gt, exact=exact)
+            mp, mg = match_pixels(pred, gt, MAX_DIST, exact=exact)
             assert mp.sum() == mg.sum() == expected
 
 
 def test_parallel_equals_serial(data, demo_counts):
     demo = data / "bsds_bench_demo"
-    par = evaluate_dir(demo / "png", demo / "groundTruth", nthresh=5, workers=2, progress=False)
+    par = evaluate_dir(demo / "png", demo / "groundTruth", nthresh=5, max_dist=MAX_DIST,
+                       workers=2, progress=False)
     assert list(par) == DEMO_IDS
     for a, b in zip(par.values(), demo_counts, strict=True):
         np.testing.assert_array_equal(a.as_array(), b.as_array())
@@ -195,14 +199,14 @@ def test_bad_inputs_name_the_file(data, tmp_path):
     shutil.copy(demo / "png" / "2018.png", preds / "2018.png")
     shutil.copy(demo / "png" / "3063.png", preds / "3063.png")
     with pytest.raises(FileNotFoundError, match="3063.mat"):
-        evaluate_dir(preds, gts, nthresh=3, workers=1)
+        evaluate_dir(preds, gts, nthresh=3, max_dist=MAX_DIST, workers=1)
     (preds / "3063.png").unlink()
     cv2.imwrite(str(preds / "2018.png"), np.zeros((100, 120), np.uint8))
     with pytest.raises(ValueError, match=r"2018\.png.*size"):
-        evaluate_dir(preds, gts, nthresh=3, workers=1)
+        evaluate_dir(preds, gts, nthresh=3, max_dist=MAX_DIST, workers=1)
     (preds / "2018.png").write_text("not an image")
     with pytest.raises(ValueError, match="2018.png"):
-        evaluate_dir(preds, gts, nthresh=3, workers=1)
+        evaluate_dir(preds, gts, nthresh=3, max_dist=MAX_DIST, workers=1)
     (gts / "2018.mat").write_text("not a mat file")
     with pytest.raises(ValueError, match="2018.mat"):
         load_ground_truth(gts / "2018.mat")
@@ -219,9 +223,11 @@ def test_baselines_and_plot(data, tmp_path):
         soft = fn(image)
         assert soft.shape == image.shape[:2] and 0 <= soft.min() and soft.max() <= 1
         cv2.imwrite(str(tmp_path / f"{name}.png"), to_png(soft))
-        results[name] = summarize([evaluate_files(tmp_path / f"{name}.png", gt, nthresh=9)])
+        results[name] = summarize([evaluate_files(tmp_path / f"{name}.png", gt, nthresh=9,
+                                                   max_dist=MAX_DIST)])
         assert 0.2 < results[name].ods < 0.9
-    raw = summarize([evaluate_image(sobel_edges(image, nms=False), gts, nthresh=9, apply_nms=True)])
+    raw = summarize([evaluate_image(sobel_edges(image, nms=False), gts, nthresh=9,
+                                     max_dist=MAX_DIST, apply_nms=True)])
     np.testing.assert_allclose(raw.curve, results["Sobel"].curve)
     out = plot_pr_curves(results, tmp_path / "pr.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -233,6 +239,7 @@ def test_full_hed_reproduces_published(data, tmp_path):
         data / "hed_bsds500_maps",
         data / "bsds500" / "groundTruth" / "test",
         out_dir=tmp_path,
+        **BSR,
         workers=2,
         progress=False,
     )

@@ -5,7 +5,6 @@ on test (edges with the baselines, mask AR, trained vs untrained) and the run's 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +12,13 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import bsds_subset, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bsds_root(shared: Path, root: Path, counts: dict[str, int]) -> Path:
-    """A flat-layout BSDS root with the first ``counts[split]`` images of each split."""
-    for split, count in counts.items():
-        for kind in ("images", "groundTruth"):
-            (root / kind / split).mkdir(parents=True)
-        for mat in sorted((shared / "bsds500" / "groundTruth" / split).glob("*.mat"))[:count]:
-            shutil.copy(mat, root / "groundTruth" / split / mat.name)
-            shutil.copy(shared / "bsds500" / "images" / split / f"{mat.stem}.jpg",
-                        root / "images" / split / f"{mat.stem}.jpg")
-    return root
-
-
 def test_bsds_mini_two_epochs_then_evaluation(shared_data, tmp_path):
-    root = bsds_root(shared_data, tmp_path / "data", {"train": 6, "val": 3, "test": 2})
+    root = bsds_subset(shared_data, tmp_path / "data", {"train": 6, "val": 3, "test": 2})
     run, shards = tmp_path / "run", tmp_path / "shards"
     evals = [f"paths.data_dir={root}", "model.imgsz=128", "max_images=2", "progress=false"]
     subprocess.run([sys.executable, str(REPO / "train.py"), "+experiment=bsds_mini",
@@ -69,11 +56,9 @@ def test_bsds_mini_two_epochs_then_evaluation(shared_data, tmp_path):
 
 
 def test_auto_conversion_only_fills_its_own_folder(tmp_path):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=bsds_mini", f"paths.data_dir={tmp_path}",
-                                          f"data.auto_convert.output={tmp_path / 'own'}",
-                                          f"data.shards={tmp_path / 'typo'}",
-                                          f"paths.output_dir={tmp_path / 'run'}"])
+    cfg = compose_config("train", "+experiment=bsds_mini", f"paths.data_dir={tmp_path}",
+                         f"data.auto_convert.output={tmp_path / 'own'}",
+                         f"data.shards={tmp_path / 'typo'}", f"paths.output_dir={tmp_path / 'run'}")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     with pytest.raises(FileNotFoundError, match="typo"):

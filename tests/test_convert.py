@@ -5,19 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, kill_when_done
 from pycocotools import mask as mask_utils
 
 from data_tools.render_shard import render
@@ -31,10 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def convert_cfg(inputs, out, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("convert", overrides=[f"input.paths={list(map(str, inputs))}",
-                                             f"output={out}", "sample.fraction=1.0", "workers=1",
-                                             *overrides])
+    return compose_config("convert", f"input.paths={list(map(str, inputs))}", f"output={out}",
+                          "sample.fraction=1.0", "workers=1", *overrides)
 
 
 def samples(out: Path, split: str = "train"):
@@ -200,13 +195,7 @@ def test_resume_after_kill_gives_identical_shards(tmp_path):
     subprocess.run([*args, f"output={tmp_path / 'ref'}"], check=True, capture_output=True)
     proc = subprocess.Popen([*args, f"output={tmp_path / 'run'}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    done = tmp_path / "run" / "done"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(done.glob("*.json"))) < 2:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = len(list(done.glob("*.json")))
+    finished = kill_when_done(proc, tmp_path / "run" / "done")
     assert 2 <= finished < len(tars), "the kill should land mid-run"
     (tmp_path / "run" / "train" / ".sa_000005-000000.tar.tmp1").write_bytes(b"partial")
     subprocess.run([*args, f"output={tmp_path / 'run'}"], check=True, capture_output=True)

@@ -10,17 +10,14 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import bsds_subset, compose_config, kill_when_done
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat, savemat
 
@@ -34,9 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def convert(out: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("convert", overrides=[f"output={out}", "workers=1", *overrides])
-    return convert_from_config(cfg)
+    return convert_from_config(compose_config("convert", f"output={out}", "workers=1",
+                                              *overrides))
 
 
 def samples(out: Path, split: str = "train") -> list[dict]:
@@ -221,20 +217,8 @@ def test_coco_bad_input_is_counted_or_named(coco_sample, tmp_path):
 
 
 # --- BSDS500 (real .mat files from ../shared, generated ones in the exact format) ------------
-def bsds_copy(shared: Path, root: Path, per_split: int = 3, splits=("train", "val")) -> Path:
-    """A flat-layout BSDS root with the first ``per_split`` images of each split."""
-    for split in splits:
-        for kind in ("images", "groundTruth"):
-            (root / kind / split).mkdir(parents=True, exist_ok=True)
-        for mat in sorted((shared / "bsds500" / "groundTruth" / split).glob("*.mat"))[:per_split]:
-            shutil.copy(mat, root / "groundTruth" / split / mat.name)
-            shutil.copy(shared / "bsds500" / "images" / split / f"{mat.stem}.jpg",
-                        root / "images" / split / f"{mat.stem}.jpg")
-    return root
-
-
 def test_bsds_regions_match_the_annotation(shared_data, tmp_path):
-    root = bsds_copy(shared_data, tmp_path / "bsds")
+    root = bsds_subset(shared_data, tmp_path / "bsds", {"train": 3, "val": 3})
     manifest = convert(tmp_path / "out", "input=bsds", f"input.root={root}", "val_fraction=0")
     assert manifest["samples"]["train"] == 6 and not manifest["skipped"]
     ious, regions = [], 0
@@ -256,8 +240,7 @@ def test_bsds_regions_match_the_annotation(shared_data, tmp_path):
 
 
 def test_bsds_annotator_rules_layouts_and_bad_mat(shared_data, tmp_path):
-    root = bsds_copy(shared_data, tmp_path / "BSR" / "BSDS500" / "data", per_split=2,
-                     splits=("train",))
+    root = bsds_subset(shared_data, tmp_path / "BSR" / "BSDS500" / "data", {"train": 2})
     mat = sorted((root / "groundTruth" / "train").glob("*.mat"))[0]
     cells = loadmat(str(mat))["groundTruth"]
     everyone = convert(tmp_path / "all", "input=bsds", f"input.root={tmp_path}",
@@ -314,13 +297,7 @@ def test_coco_parallel_and_resumed_after_kill_give_identical_bytes(shared_data, 
     assert digest_tree(tmp_path / "par") == digest_tree(tmp_path / "ref")
     proc = subprocess.Popen([*args, f"output={tmp_path / 'run'}", "workers=1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done = tmp_path / "run" / "done"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(done.glob("*.json"))) < 2:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(list(done.glob("*.json"))) < 7, "the kill should land mid-run"
+    assert 2 <= kill_when_done(proc, tmp_path / "run" / "done") < 7, "the kill should land mid-run"
     subprocess.run([*args, f"output={tmp_path / 'run'}", "workers=1"], check=True,
                    capture_output=True, env=env)
     assert digest_tree(tmp_path / "run") == digest_tree(tmp_path / "ref")

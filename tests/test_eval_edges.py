@@ -11,21 +11,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import MAX_DIST, compose_eval
 from scipy import ndimage
 from scipy.io import savemat
 
 import eval.run as eval_run
 from eval.bsds import benchmark_dir, evaluate_image, load_ground_truth, summarize
 from eval.bsds.masks import edges_from_masks, mask_edge_map, normalize, outer_boundary
-from eval.edges import PAPER, bsds_records
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
+from eval.datasets import bsds_records
+from eval.edges import PAPER
 
 
 # --- a generated BSDS dataset in the real layout ---------------------------------------------
@@ -142,10 +136,10 @@ def test_perfect_masks_give_near_perfect_edges_and_noise_does_not():
     assert edges.shape == labels.shape and 0 <= edges.min() and edges.max() <= 1
     gt = [boundaries(labels)]
     # object-vs-background boundaries only (the masks do not include the background)
-    good = summarize([evaluate_image(edges, gt, nthresh=19)])
+    good = summarize([evaluate_image(edges, gt, nthresh=19, max_dist=MAX_DIST)])
     assert good.ods > 0.9
     noise = summarize([evaluate_image(np.random.default_rng(0).random(labels.shape), gt,
-                                      nthresh=19)])
+                                      nthresh=19, max_dist=MAX_DIST)])
     assert noise.ods < 0.5
     np.testing.assert_array_equal(normalize(np.full((3, 3), 2.0)), np.zeros((3, 3)))
     np.testing.assert_allclose(normalize(np.array([1.0, 3.0])), [0, 1])
@@ -193,7 +187,8 @@ def test_streamed_scores_equal_the_png_benchmark(bsds, tmp_path):
     out = tmp_path / "run"
     metrics = eval_run.run(compose_eval(*edge_overrides(
         bsds, out, "task.methods=[sobel]", "task.workers=1", "task.nthresh=25")))
-    again = benchmark_dir(out / "edges" / "sobel", bsds[1], nthresh=25, workers=1,
+    again = benchmark_dir(out / "edges" / "sobel", bsds[1], nthresh=25, max_dist=MAX_DIST,
+                          workers=1,
                           progress=False)
     for key in ("ods", "ois", "ap", "r50"):
         assert metrics[f"sobel/{key}"] == pytest.approx(getattr(again, key), abs=1e-12)
@@ -230,7 +225,7 @@ def test_bad_input_names_the_file(bsds, tmp_path):
 
 
 def test_bsds_splits_are_registered_under_the_data_root(tmp_path, monkeypatch):
-    from eval.edges import bsds_folders
+    from eval.datasets import bsds_folders
 
     images, gts = bsds_folders("bsds500_test", tmp_path)
     assert images == tmp_path / "BSR/BSDS500/data/images/test"

@@ -11,21 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eval_helpers import predictions
-from hydra import compose, initialize_config_dir
+from helpers import compose_eval
 from omegaconf import OmegaConf
 
+import eval.pipeline as pipeline
 import eval.run as eval_run
 from eval.core import EmptyPredictionsError, to_prediction
 from eval.datasets import get_dataset, load_gt
 from eval.report import read_predictions
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = ("coco_ar", "lvis_ar", "coco_instance", "lvis_instance")
-
-
-def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
 
 
 def sample_overrides(shared_data: Path, out: Path, task: str = "coco_ar") -> list[str]:
@@ -75,11 +70,34 @@ def test_every_task_composes_and_a_task_is_required():
         compose_eval()
 
 
+def test_tasks_name_their_pipeline_and_evaluator(tmp_path):
+    """Every task builds its evaluator from ``task.evaluator`` (task keys interpolated); a
+    ``_target_`` outside the eval package is refused before anything runs."""
+    from eval.proposals import ProposalEvaluator
+
+    gt = {"images": [{"id": 1, "height": 4, "width": 4}], "categories": [{"id": 1}],
+          "annotations": []}
+    for task in TASKS:
+        assert compose_eval(f"task={task}").task.pipeline._target_ == \
+            "eval.pipeline.evaluate_dataset"
+    cfg = compose_eval("task=coco_ar", "task.max_dets=[5]", "task.box_source=mask")
+    ev = pipeline.build(cfg.task.evaluator)(gt=gt, model=cfg.model)
+    assert isinstance(ev, ProposalEvaluator) and ev.max_dets == (5,) and ev.box_source == "mask"
+    edges = compose_eval("task=bsds_edges", "task.nthresh=7", "task.workers=1")
+    assert edges.task.pipeline._target_ == "eval.pipeline.evaluate_edges"
+    ev = pipeline.build(edges.task.evaluator)
+    assert ev.kwargs == {"nthresh": 7, "max_dist": 0.0075, "exact": True} and ev.workers == 1
+    bad = compose_eval(*sample_overrides(Path("/nope"), tmp_path),
+                       "task.pipeline._target_=os.system")
+    with pytest.raises(ValueError, match="eval package, got 'os.system'"):
+        eval_run.run(bad)
+
+
 def test_coco_ar_end_to_end_and_reevaluation(shared_data, tmp_path, monkeypatch):
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run"), "batch_size=2")
     gt = load_gt(Path(cfg.task.annotation))
     fake = GroundTruthPredictor(gt)
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg, *a: fake)
+    monkeypatch.setattr(pipeline, "build_predictor", lambda model_cfg, *a: fake)
     metrics = eval_run.run(cfg)
     out = tmp_path / "run"
     for name in ("metrics.json", "report.md", "ar_curve.png", "predictions.jsonl.gz"):
@@ -106,7 +124,7 @@ def test_coco_instance_end_to_end(shared_data, tmp_path, monkeypatch):
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     cfg = compose_eval(*sample_overrides(shared_data, tmp_path / "run", "coco_instance"),
                        f"task.detections={tmp_path / 'dets.json'}", "logger=csv")
-    monkeypatch.setattr(eval_run, "build_predictor",
+    monkeypatch.setattr(pipeline, "build_predictor",
                         lambda model_cfg, *a: GroundTruthPredictor(gt))
     metrics = eval_run.run(cfg)
     # two pools of one run: official (score > 0.4, <= 300 masks) and proposals (all masks)
@@ -124,7 +142,7 @@ def test_coco_instance_end_to_end(shared_data, tmp_path, monkeypatch):
 
 def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monkeypatch):
     gt = load_gt(shared_data / "coco_sample" / "panoptic_coco_detection_format.json")
-    monkeypatch.setattr(eval_run, "build_predictor",
+    monkeypatch.setattr(pipeline, "build_predictor",
                         lambda model_cfg, *a: GroundTruthPredictor(gt, empty=True))
     with pytest.raises(EmptyPredictionsError, match="no proposals"):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "a")))
@@ -134,7 +152,7 @@ def test_bad_input_fails_before_or_instead_of_a_zero(shared_data, tmp_path, monk
     missing = sorted(images.iterdir())[0]
     missing.unlink()
     fake = GroundTruthPredictor(gt)
-    monkeypatch.setattr(eval_run, "build_predictor", lambda model_cfg, *a: fake)
+    monkeypatch.setattr(pipeline, "build_predictor", lambda model_cfg, *a: fake)
     with pytest.raises(FileNotFoundError, match=missing.name):
         eval_run.run(compose_eval(*sample_overrides(shared_data, tmp_path / "b"),
                                   f"task.image_root={images}"))

@@ -11,20 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_eval
 
 import eval.run as eval_run
 
 pytest.importorskip("segment_anything")
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = (32, 2)  # image encoder width, blocks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
 
 
 def tiny_sam(checkpoint=None):

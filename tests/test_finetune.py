@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 from fastsam_train import ultra
 from fastsam_train.infer.weights import PickleRequiredError, read_weights, save_weights
@@ -27,9 +27,8 @@ def fastsam_pt(tmp_path_factory) -> Path:
 
 
 def compose_finetune(out: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=["+experiment=finetune", "model=yolov8n_seg",
-                                           f"paths.output_dir={out}", *overrides])
+    return compose_config("train", "+experiment=finetune", "model=yolov8n_seg",
+                          f"paths.output_dir={out}", *overrides)
 
 
 def test_finetune_defaults_suit_finetuning():
@@ -41,9 +40,8 @@ def test_finetune_defaults_suit_finetuning():
     assert cfg.trainer.max_epochs == 20 and cfg.hyp.mosaic == 1.0 and cfg.hyp.close_mosaic == 5
     rules = ("loss_rule", "augment_rule", "schedule_rule")  # what FastSAM's weights learned with
     assert all(cfg.hyp[r] == "v8_0_120" for r in rules) and cfg.hyp.optimizer == "SGD"
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        default = compose("train", overrides=["+experiment=finetune", "data.shards=/tmp/s",
-                                              "init_weights=x.pt", "paths.output_dir=/tmp/u"])
+    default = compose_config("train", "+experiment=finetune", "data.shards=/tmp/s",
+                             "init_weights=x.pt", "paths.output_dir=/tmp/u")
     assert default.model.scale == "x" and default.model.reg_max == 26
 
 
@@ -52,20 +50,21 @@ def test_every_format_initialises_the_same_weights(fastsam_pt, tmp_path):
     reference = read_weights(fastsam_pt, allow_pickle=True).state_dict
     copy = save_weights(read_weights(fastsam_pt, allow_pickle=True), tmp_path / "fastsam_n.pt")
     for path, pickle_ok in ((fastsam_pt, True), (copy, False)):
-        module = FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights=str(path),
-                               allow_pickle=pickle_ok, init_strict=True)
+        module = FastSAMModule(model=cfg.model, hyp=cfg.hyp, val_nms=cfg.val_nms,
+                               init_weights=str(path), allow_pickle=pickle_ok, init_strict=True)
         state = module.model.state_dict()
         assert set(state) == set(reference)
         assert all(torch.equal(state[k].float(), reference[k].float()) for k in reference)
     with pytest.raises(PickleRequiredError, match="allow_pickle"):
-        FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights=str(fastsam_pt))
+        FastSAMModule(model=cfg.model, hyp=cfg.hyp, val_nms=cfg.val_nms,
+                      init_weights=str(fastsam_pt))
     with pytest.raises(ValueError, match="scale"):  # FastSAM-n weights into the x recipe
-        FastSAMModule(model={**cfg.model, "scale": "s"}, hyp=cfg.hyp,
+        FastSAMModule(model={**cfg.model, "scale": "s"}, hyp=cfg.hyp, val_nms=cfg.val_nms,
                       init_weights=str(copy), init_strict=False)
     with pytest.raises(ValueError, match="reg_max"):
-        FastSAMModule(model={**cfg.model, "reg_max": 16}, hyp=cfg.hyp,
+        FastSAMModule(model={**cfg.model, "reg_max": 16}, hyp=cfg.hyp, val_nms=cfg.val_nms,
                       init_weights=str(copy), init_strict=True)
-    partial = FastSAMModule(model={**cfg.model, "reg_max": 16}, hyp=cfg.hyp,
+    partial = FastSAMModule(model={**cfg.model, "reg_max": 16}, hyp=cfg.hyp, val_nms=cfg.val_nms,
                             init_weights=str(copy), init_strict=False)  # head stays fresh
     state = partial.model.state_dict()
     assert torch.equal(state["model.0.conv.weight"], reference["model.0.conv.weight"].float())

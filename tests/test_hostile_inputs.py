@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from eval_helpers import box_gt, predictions
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 import eval.run as eval_run
 from eval.core import evaluate_stream, read_rgb, to_prediction
@@ -264,7 +264,8 @@ def test_pixel_limit_in_predict_and_eval(tmp_path, capsys):
                      "--max-pixels", "1000", "--out", str(out)]) == 2
     assert "small.jpg: 50x40" in capsys.readouterr().err and not out.exists()
     with pytest.raises(ImageReadError, match="bomb.jpg.*max_pixels"):
-        read_rgb(tmp_path / "bomb.jpg", {"id": 1, "height": 20000, "width": 20000})
+        read_rgb(tmp_path / "bomb.jpg", {"id": 1, "height": 20000, "width": 20000},
+                 max_pixels=50_000_000)
     never = Predictor(lambda x: pytest.fail("the network ran"), PredictOptions(max_pixels=1000))
     with pytest.raises(ImageReadError, match="max_pixels"):
         never.everything(np.zeros((300, 400, 3), np.uint8))
@@ -348,9 +349,7 @@ def test_pairs_only_within_one_folder_and_keys_stay_unique(tmp_path):
 
 # --- 10. evaluation edges -----------------------------------------------------------------------
 def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("eval", overrides=["model.weights=unused.pt", "progress=false",
-                                          *overrides])
+    return compose_config("eval", "model.weights=unused.pt", "progress=false", *overrides)
 
 
 def small_gt(tmp_path: Path) -> tuple[dict, Path]:
@@ -563,20 +562,29 @@ def test_fuzz_shard_reader_skips_or_fails_clearly(reference, tmp_path):
     print("shard fuzz outcomes:", dict(tally))
 
 
+def read_or_refuse(cases, folder: Path, suffix: str, read, tally: Counter, refused: str):
+    """Each mutated case written to ``folder/<label><suffix>`` and ``read``; yields (label,
+    what was read). A case ``read`` refuses must raise a clear error naming the file (counted
+    in ``tally[refused]``)."""
+    for label, mutated, _where in cases:
+        path = folder / f"{label}{suffix}"
+        path.write_bytes(mutated)
+        try:
+            got = read(path)
+        except Exception as exc:  # noqa: BLE001 - classified here
+            assert clear_error(exc, (str(path),)), f"{label}: {type(exc).__name__}: {exc}"
+            tally[refused] += 1
+            continue
+        yield label, got
+
+
 @pytest.mark.timeout(120)
 def test_fuzz_checkpoint_loads_identically_or_fails_clearly(tiny_weights, tmp_path):
     from fastsam_train.infer.weights import read_weights
 
     data, ref, tally = tiny_weights.read_bytes(), read_weights(tiny_weights), Counter()
-    for label, mutated, _where in mutations(data, seed=19):
-        path = tmp_path / f"{label}.pt"
-        path.write_bytes(mutated)
-        try:
-            got = read_weights(path)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            assert clear_error(exc, (str(path),)), f"{label}: {type(exc).__name__}: {exc}"
-            tally["clear error"] += 1
-            continue
+    cases = mutations(data, seed=19)
+    for label, got in read_or_refuse(cases, tmp_path, ".pt", read_weights, tally, "clear error"):
         assert got.config == ref.config and got.state_dict.keys() == ref.state_dict.keys()
         assert all(torch.equal(got.state_dict[k], v) for k, v in ref.state_dict.items()), label
         tally["identical"] += 1
@@ -613,15 +621,7 @@ def test_fuzz_coco_json_is_refused_clearly_or_evaluates(tmp_path):
     outputs = predictions(gt, extra=5, seed=3)
     data, tally = path.read_bytes(), Counter()
     cases = [*mutations(data, seed=23), *json_mutations(gt, seed=29)]
-    for label, mutated, _where in cases:
-        case = tmp_path / f"{label}.json"
-        case.write_bytes(mutated)
-        try:
-            loaded = load_gt(case)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            assert clear_error(exc, (str(case),)), f"{label}: {type(exc).__name__}: {exc}"
-            tally["refused"] += 1
-            continue
+    for label, loaded in read_or_refuse(cases, tmp_path, ".json", load_gt, tally, "refused"):
         try:
             stream = [(im, to_prediction(im, outputs[im["id"]])) for im in loaded["images"]
                       if im["id"] in outputs]

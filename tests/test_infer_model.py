@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import val_nms
 from omegaconf import OmegaConf
 
 from fastsam_train import ultra
@@ -41,7 +42,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     module = FastSAMModule(model=CONFIG, hyp={"grad_clip": 10.0, "ema_decay": 0.9999,
-                                              "ema_tau": 2000})
+                                              "ema_tau": 2000}, val_nms=val_nms())
     module.ema = ultra.ModelEMA(module.model)
     with torch.no_grad():
         module.ema.ema.model[0].conv.weight.add_(0.01)

@@ -123,17 +123,24 @@ def equal_shards(demo_shards, folder, count=4, per_shard=3):
     return paths
 
 
+def keys_per_rank(monkeypatch, make, world: int = 2, workers: int = 2) -> dict[int, list]:
+    """The sample keys each of ``world`` ranks reads, over its ``workers`` data-loader workers
+    (each a fresh ``make()`` stream, as every worker process builds its own)."""
+    seen = {}
+    for rank in range(world):
+        monkeypatch.setattr(stream, "_dist_info", lambda r=rank: (r, world))
+        got = []
+        for worker in range(workers):
+            monkeypatch.setattr(stream, "_worker_info", lambda w=worker: (w, workers))
+            got += keys(make())
+        seen[rank] = got
+    return seen
+
+
 @pytest.mark.parametrize("count", [4, 2, 1])  # shards: = consumers, = ranks, < ranks
 def test_equal_batches_per_rank_and_disjoint_samples(demo_shards, tmp_path, monkeypatch, count):
     shards = equal_shards(demo_shards, tmp_path, count=count, per_shard=12 // count)
-    seen = {}
-    for rank in range(2):
-        monkeypatch.setattr(stream, "_dist_info", lambda r=rank: (r, 2))
-        got = []
-        for worker in range(2):
-            monkeypatch.setattr(stream, "_worker_info", lambda w=worker: (w, 2))
-            got += keys(make_stream(shards, batches=2, batch=3))
-        seen[rank] = got
+    seen = keys_per_rank(monkeypatch, lambda: make_stream(shards, batches=2, batch=3))
     assert len(seen[0]) == len(seen[1]) == 6
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == 12
@@ -141,13 +148,9 @@ def test_equal_batches_per_rank_and_disjoint_samples(demo_shards, tmp_path, monk
 
 def test_uneven_shards_still_give_equal_batches(demo_shards, monkeypatch):
     shards, total = resolve_split(str(demo_shards), "train")
-    for rank in range(2):
-        monkeypatch.setattr(stream, "_dist_info", lambda r=rank: (r, 2))
-        count = 0
-        for worker in range(2):
-            monkeypatch.setattr(stream, "_worker_info", lambda w=worker: (w, 2))
-            count += len(keys(make_stream(shards, batches=total // 4 + 1)))
-        assert count == (total // 4 + 1) * 2  # more than a pass: consumers start over
+    seen = keys_per_rank(monkeypatch, lambda: make_stream(shards, batches=total // 4 + 1))
+    for got in seen.values():
+        assert len(got) == (total // 4 + 1) * 2  # more than a pass: consumers start over
 
 
 def test_validation_gives_every_rank_the_same_samples_count(demo_shards, monkeypatch):
@@ -156,14 +159,8 @@ def test_validation_gives_every_rank_the_same_samples_count(demo_shards, monkeyp
     shards, total = resolve_split(str(demo_shards), "train")  # read as a validation stream
     sizes = [len(list(iter_shard(s))) for s in shards]
     assert len(set(sizes)) > 1 and total % 2 == 0, sizes  # the uneven case this is about
-    seen = {}
-    for rank in range(2):
-        monkeypatch.setattr(stream, "_dist_info", lambda r=rank: (r, 2))
-        got = []
-        for worker in range(2):
-            monkeypatch.setattr(stream, "_worker_info", lambda w=worker: (w, 2))
-            got += keys(make_stream(shards, train=False, max_samples=total // 2))
-        seen[rank] = got
+    seen = keys_per_rank(monkeypatch,
+                         lambda: make_stream(shards, train=False, max_samples=total // 2))
     assert len(seen[0]) == len(seen[1]) == total // 2
     assert not set(seen[0]) & set(seen[1])
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 from fastsam_train import ultra
 from fastsam_train.data.shards import ShardWriter, iter_shard
@@ -29,10 +29,8 @@ SMALL = ["data.imgsz=128", "data.batch_size=4", "data.make_demo.images_per_tar=2
 
 
 def compose_train(out: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[
-            f"paths.output_dir={out}",
-            f"data.make_demo.shards={out.parent / 'demo' / 'shards'}", *overrides])
+    return compose_config("train", f"paths.output_dir={out}",
+                          f"data.make_demo.shards={out.parent / 'demo' / 'shards'}", *overrides)
 
 
 def val_rows(run_dir: Path) -> list[dict]:
@@ -160,6 +158,10 @@ def test_every_experiment_runs_one_batch(tmp_path, experiment, monkeypatch):
     assert module.ema.updates == steps and module.last_opt_step == steps - 1
     assert module.hyp.loss_rule == module.hyp.augment_rule == rule
     assert module.model.model[-1].reg_max == 26
+    # debug=fdr is a dry run (conf/debug/fdr.yaml): no checkpoint, summary or export written
+    run = tmp_path / "run"
+    assert not list(run.rglob("*.ckpt")) and not (run / "metrics.json").exists()
+    assert not (run / "weights").exists()
 
 
 def nan_loss(model, rule="v8_4"):

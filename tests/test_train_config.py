@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 from omegaconf import OmegaConf
 
 from fastsam_train.train.module import FastSAMModule
@@ -14,8 +14,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=/tmp/unused", *overrides])
+    cfg = compose_config("train", "paths.output_dir=/tmp/unused", *overrides)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -86,7 +85,7 @@ def test_recipe_covers_the_fastsam_hyp_file_and_the_readme_table():
 
 def test_fastsam_x_builds_the_right_head():
     cfg = compose_train("+experiment=fastsam_x")
-    module = FastSAMModule(model=cfg.model, hyp=cfg.hyp)
+    module = FastSAMModule(model=cfg.model, hyp=cfg.hyp, val_nms=cfg.val_nms)
     head = module.model.model[-1]
     assert head.reg_max == 26 and head.nc == 1
     assert abs(sum(p.numel() for p in module.model.parameters()) / 1e6 - 72.23) < 0.01
@@ -105,13 +104,15 @@ def test_fastsam_s_and_default_demo():
 def test_bad_module_config_raises():
     cfg = compose_train()
     with pytest.raises(ValueError, match="on_nonfinite"):
-        FastSAMModule(model=cfg.model, hyp=cfg.hyp, on_nonfinite="ignore")
+        FastSAMModule(model=cfg.model, hyp=cfg.hyp, val_nms=cfg.val_nms, on_nonfinite="ignore")
     with pytest.raises(ValueError, match="scale"):
-        FastSAMModule(model={**cfg.model, "scale": "q"}, hyp=cfg.hyp)
+        FastSAMModule(model={**cfg.model, "scale": "q"}, hyp=cfg.hyp, val_nms=cfg.val_nms)
     with pytest.raises(SyntaxError):
-        FastSAMModule(model=cfg.model, hyp={**cfg.hyp, "not_a_hyperparameter": 1})
+        FastSAMModule(model=cfg.model, hyp={**cfg.hyp, "not_a_hyperparameter": 1},
+                      val_nms=cfg.val_nms)
     with pytest.raises(FileNotFoundError, match="yolov8x-seg.pt"):
-        FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights="yolov8x-seg.pt")
+        FastSAMModule(model=cfg.model, hyp=cfg.hyp, val_nms=cfg.val_nms,
+                      init_weights="yolov8x-seg.pt")
 
 
 ABLATIONS = {"reg_max": ("model.reg_max", "16,26"), "data": ("sa1b_percent", "1,2,4"),
@@ -122,9 +123,7 @@ ABLATIONS = {"reg_max": ("model.reg_max", "16,26"), "data": ("sa1b_percent", "1,
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablations_are_the_paper_recipe_with_one_swept_knob(name):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"+experiment=ablate_{name}"],
-                      return_hydra_config=True)
+    cfg = compose_config("train", f"+experiment=ablate_{name}", hydra_config=True)
     key, values = ABLATIONS[name]
     assert dict(cfg.hydra.sweeper.params) == {key: values}
     assert cfg.task_name == f"ablate_{name}" and cfg.model.scale == "x"
@@ -142,12 +141,10 @@ def test_slurm_launcher_asks_for_the_trainer_layout(monkeypatch):
 
     resolvers.register()
     monkeypatch.setenv("FASTSAM_SLURM_PARTITION", "gpu-long")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        gpu = compose("train", overrides=["hydra/launcher=slurm", "+experiment=fastsam_x",
-                                          "trainer.num_nodes=2"], return_hydra_config=True)
-        cpu = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_sim"],
-                      return_hydra_config=True)
-        local = compose("train", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    gpu = compose_config("train", "hydra/launcher=slurm", "+experiment=fastsam_x",
+                         "trainer.num_nodes=2", hydra_config=True)
+    cpu = compose_config("train", "hydra/launcher=slurm", "trainer=ddp_sim", hydra_config=True)
+    local = compose_config("train", "hydra/launcher=local", hydra_config=True)
     launcher = OmegaConf.to_container(gpu.hydra.launcher, resolve=True)
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (2, 8, 8)
     assert launcher["partition"] == "gpu-long" and launcher["account"] is None

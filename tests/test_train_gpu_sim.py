@@ -15,17 +15,15 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def demo_shards(root: Path) -> tuple[Path, int]:
     """Small demo shards (the demo data config's generator) and their training sample count."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={root}", f"data.shards={root}/s",
-                                          "data.make_demo.num_tars=1",
-                                          "data.make_demo.images_per_tar=6"])
+    cfg = compose_config("train", f"paths.output_dir={root}", f"data.shards={root}/s",
+                         "data.make_demo.num_tars=1", "data.make_demo.images_per_tar=6")
     data = hydra.utils.instantiate(cfg.data)
     data.prepare_data()
     sizes = json.loads((root / "s" / "train" / "sizes.json").read_text())

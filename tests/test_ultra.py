@@ -182,12 +182,16 @@ def test_val_transforms_and_collate_shapes():
 
 
 # --- loss ----------------------------------------------------------------------------------------
-def test_loss_finite_backward_and_batch_scaling():
+def seeded_model_loss_and_batch():
+    """A seeded yolov8n-seg in train mode, its loss and a 2-image 64 px batch."""
     torch.manual_seed(0)
     model = ultra.build_model("n")
     model.train()
-    loss_fn = ultra.build_loss(model)
-    batch = val_batch(imgsz=64, n_images=2)
+    return model, ultra.build_loss(model), val_batch(imgsz=64, n_images=2)
+
+
+def test_loss_finite_backward_and_batch_scaling():
+    model, loss_fn, batch = seeded_model_loss_and_batch()
     total, items = loss_fn(model(batch["img"]), batch)
     assert total.ndim == 0 and torch.isfinite(total)
     assert set(items) == {"box", "seg", "cls", "dfl"}
@@ -219,11 +223,7 @@ def _split(batch: dict) -> list[dict]:
 
 
 def test_loss_decreases_when_fitting_one_batch():
-    torch.manual_seed(0)
-    model = ultra.build_model("n")
-    model.train()
-    loss_fn = ultra.build_loss(model)
-    batch = val_batch(imgsz=64, n_images=2)
+    model, loss_fn, batch = seeded_model_loss_and_batch()
     optimizer = torch.optim.SGD(ultra.optimizer_param_groups(model, 0.01, 0.9, 5e-4))
     losses = []
     for _ in range(20):

@@ -43,7 +43,7 @@ class ImageCounts:
         return np.stack([self.thresholds, self.cnt_r, self.sum_r, self.cnt_p, self.sum_p], 1)
 
 
-def thresholds(nthresh: int = 99) -> np.ndarray:
+def thresholds(nthresh: int) -> np.ndarray:
     """BSR thresholds ``linspace(1/(n+1), 1-1/(n+1), n)``: float64 (n,)."""
     return np.linspace(1.0 / (nthresh + 1), 1.0 - 1.0 / (nthresh + 1), nthresh)
 
@@ -51,8 +51,9 @@ def thresholds(nthresh: int = 99) -> np.ndarray:
 def evaluate_image(
     pb: np.ndarray,
     gts: list[np.ndarray],
-    nthresh: int = 99,
-    max_dist: float = 0.0075,
+    *,
+    nthresh: int,
+    max_dist: float,
     apply_thin: bool = True,
     exact: bool = True,
     apply_nms: bool = False,
@@ -63,7 +64,8 @@ def evaluate_image(
     structured-edges ``edgesEvalImg``), with ``match_pixels(exact=exact)`` in place of CSA.
     ``apply_nms`` first runs the structured-edges NMS and the 8-bit rounding of the usual
     ``imwrite(uint8(E*255))`` step, for raw network outputs. Returns ImageCounts over
-    ``thresholds(nthresh)``.
+    ``thresholds(nthresh)``. ``nthresh`` / ``max_dist`` (a fraction of the image diagonal):
+    BSR's benchmark uses 99 and 0.0075, the values of conf/task/bsds_edges.yaml.
     """
     if apply_nms:
         pb = np.round(np.clip(nms_edges(pb), 0, 1) * 255) / 255

@@ -1,6 +1,7 @@
 """Evaluate a directory of PNG edge maps against BSDS ground truth, in parallel.
 
-    counts = evaluate_dir("hed_maps/", "BSDS500/data/groundTruth/test", workers=2)
+    counts = evaluate_dir("hed_maps/", "BSDS500/data/groundTruth/test", nthresh=99,
+                          max_dist=0.0075, workers=2)
     scores = summarize(list(counts.values()))   # ODS / OIS / AP / R50
 
 Any edge map (HED, Sobel, Canny, our model's) goes through this same pipeline.
@@ -57,8 +58,9 @@ def evaluate_dir(
     pred_dir: str | Path,
     gt_dir: str | Path,
     ids: Sequence[str] | None = None,
-    nthresh: int = 99,
-    max_dist: float = 0.0075,
+    *,
+    nthresh: int,
+    max_dist: float,
     apply_thin: bool = True,
     exact: bool = True,
     apply_nms: bool = False,
@@ -67,6 +69,7 @@ def evaluate_dir(
 ) -> dict[str, ImageCounts]:
     """Per-image counts for every pair of ``list_pairs`` (BSR's per-image ``_ev1`` files).
 
+    nthresh / max_dist: as ``evaluate_image`` (BSR: 99, 0.0075; conf/task/bsds_edges.yaml).
     exact: exact min-cost matching (default) or the ~4x faster maximum-cardinality one.
     apply_nms: run the structured-edges NMS on raw soft maps first (see evaluate_image).
     workers: processes (None = all cores, 1 = in this process). Returns {id: ImageCounts}

@@ -336,7 +336,7 @@ def _match_maps(pred, gt, dy, dx, outlier, exact, seed):
 
 
 def match_pixels(
-    pred: np.ndarray, gt: np.ndarray, max_dist: float = 0.0075, exact: bool = True, seed: int = 0
+    pred: np.ndarray, gt: np.ndarray, max_dist: float, exact: bool = True, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Match boundary pixels of ``pred`` to ``gt`` within ``max_dist`` x image diagonal.
 

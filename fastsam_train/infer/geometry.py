@@ -98,7 +98,7 @@ def boxes_to_network(boxes: torch.Tensor, lb: Letterbox) -> torch.Tensor:
 
 
 def snap_boxes_to_border(boxes: torch.Tensor, region: tuple[float, float, float, float],
-                         threshold: float = 20.0, full_iou: float = 0.9) -> torch.Tensor:
+                         *, threshold: float, full_iou: float) -> torch.Tensor:
     """FastSAM's border rule for one image: box sides closer than ``threshold`` to the border of
     ``region`` (the image, xyxy) move onto it, and boxes whose IoU with the whole image then
     exceeds ``full_iou`` become the whole image. (n, 4) xyxy -> new (n, 4); input untouched.

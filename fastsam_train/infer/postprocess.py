@@ -105,7 +105,7 @@ def decode_detections(raw: torch.Tensor, conf: float, iou: float, max_det: int, 
 
 
 def segment_image(raw_det: tuple[torch.Tensor, torch.Tensor, torch.Tensor], proto: torch.Tensor,
-                  lb: Letterbox, snap_border: float = 20.0, full_iou: float = 0.9,
+                  lb: Letterbox, snap_border: float, full_iou: float,
                   probs: bool = False, rle: bool = False, chunk: int = 64,
                   workers: int = 1, protocol: str = "exact") -> Segmentation:
     """One image's detections (network frame) and prototypes (32, hp, wp) -> ``Segmentation``.
@@ -121,7 +121,7 @@ def segment_image(raw_det: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prot
     boxes, scores, coefficients = raw_det
     if snap_border > 0 and len(boxes):
         region = frame_region(lb) if official else lb.content_box
-        boxes = snap_boxes_to_border(boxes, region, snap_border, full_iou)
+        boxes = snap_boxes_to_border(boxes, region, threshold=snap_border, full_iou=full_iou)
     boxes = scale_boxes(boxes, lb) if official else boxes_to_original(boxes, lb)
     n, (h0, w0) = len(boxes), lb.orig_hw
     seg = Segmentation(boxes, scores, (h0, w0), rles=[] if rle else None,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from fastsam_train import images
 from fastsam_train.images import ImageReadError
@@ -33,23 +35,33 @@ Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ImageLike = str | Path | np.ndarray
 
 
+def predict_yaml() -> dict:
+    """``conf/predict.yaml``, shipped as package data (``fastsam_train/conf/predict.yaml``
+    links to it): the one home of the everything-mode defaults and the prompt defaults."""
+    return yaml.safe_load((resources.files("fastsam_train") / "conf" / "predict.yaml")
+                          .read_text())
+
+
+_DEFAULTS = predict_yaml()
+
+
 @dataclass(frozen=True)
 class PredictOptions:
-    """Everything-mode settings. Defaults are the official FastSAM ``Inference.py`` ones (on
-    ultralytics 8.0.120) except ``mask_protocol``; ``conf/predict.yaml`` holds the same values
-    (it is what ``fastsam predict`` reads; a test keeps the two equal)."""
+    """Everything-mode settings; defaults read from ``conf/predict.yaml`` (the official FastSAM
+    ``Inference.py`` ones on ultralytics 8.0.120, except ``mask_protocol``; the file says why
+    each value is what it is). ``fastsam predict`` reads the same file."""
 
-    imgsz: int = 1024  # long side of the network input (FastSAM was trained at 1024)
-    conf: float = 0.4  # score threshold; evaluation wants ~0.001 with max_det 1000
-    iou: float = 0.9  # NMS IoU: high, because nested parts of objects are wanted
-    max_det: int = 300  # masks kept per image: Inference.py sets none, 8.0.120's default is 300
-    snap_border: float = 20.0  # px (network frame) within which box sides snap to the border
-    full_iou: float = 0.9  # snapped boxes this close (IoU) to the whole image become it
-    square: bool = False  # letterbox to imgsz x imgsz (fixed-shape ONNX) or to a stride multiple
-    chunk: int = 64  # masks assembled at once: peak memory ~ chunk x image pixels x 5 bytes
-    post_workers: int = 0  # threads assembling masks on the CPU (0: torch's thread count)
-    max_pixels: int = 50_000_000  # larger images are refused before decoding (photos: 12-48 MP)
-    mask_protocol: str = "exact"  # exact: true pixel positions | official: 8.0.120 bit for bit
+    imgsz: int = _DEFAULTS["imgsz"]  # long side of the network input
+    conf: float = _DEFAULTS["conf"]  # score threshold; evaluation wants ~0.001, max_det 1000
+    iou: float = _DEFAULTS["iou"]  # NMS IoU
+    max_det: int = _DEFAULTS["max_det"]  # masks kept per image
+    snap_border: float = _DEFAULTS["snap_border"]  # px (network frame): box sides snap to it
+    full_iou: float = _DEFAULTS["full_iou"]  # snapped boxes this close to the image become it
+    square: bool = _DEFAULTS["square"]  # letterbox to imgsz x imgsz or to a stride multiple
+    chunk: int = _DEFAULTS["chunk"]  # masks assembled at once (peak memory)
+    post_workers: int = _DEFAULTS["post_workers"]  # mask-assembly threads (0: torch's count)
+    max_pixels: int = _DEFAULTS["max_pixels"]  # larger images are refused before decoding
+    mask_protocol: str = _DEFAULTS["mask_protocol"]  # exact | official (8.0.120 bit for bit)
 
     def __post_init__(self) -> None:
         check_protocol(self.mask_protocol)

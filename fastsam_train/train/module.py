@@ -43,12 +43,13 @@ class FastSAMModule(L.LightningModule):
             ``model`` (fine-tuning); otherwise only tensors of equal shape are copied.
         on_nonfinite: "stop" raises on a NaN/inf loss naming the batch; "skip" drops that step.
         overlay_samples: validation images rendered with predicted masks each epoch.
+        val_nms: validation NMS ``{conf, iou, max_det}`` (conf/train.yaml ``val_nms``).
     """
 
     def __init__(self, model: DictConfig | dict, hyp: DictConfig | dict,
                  init_weights: str | None = None, allow_pickle: bool = False,
                  on_nonfinite: str = "stop", overlay_samples: int = 4,
-                 init_strict: bool = False):
+                 init_strict: bool = False, *, val_nms: DictConfig | dict):
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -75,6 +76,7 @@ class FastSAMModule(L.LightningModule):
         self.last_batch_done = -1  # global batch index of the last training_step that ran
         self.nonfinite_skipped = 0
         self._tick = None
+        self.val_nms = {k: _plain(val_nms)[k] for k in ("conf", "iou", "max_det")}
         self.val_acc = ValidationAccumulator()
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -202,8 +204,7 @@ class FastSAMModule(L.LightningModule):
                 _, items = self.loss_fn(train_preds, batch)
                 self.log_dict({f"val/loss_{k}": v for k, v in items.items()},
                               batch_size=imgs.shape[0], sync_dist=True)
-            preds = ultra.segment_predictions(raw, proto, imgs.shape[2:], conf=0.001, iou=0.7,
-                                              max_det=300)
+            preds = ultra.segment_predictions(raw, proto, imgs.shape[2:], **self.val_nms)
         self.val_acc.add_batch(batch, preds, self.hyp.overlap_mask,
                                keep_images=self.overlay_samples)
 

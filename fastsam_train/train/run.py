@@ -93,7 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module = FastSAMModule(model=cfg.model, hyp=cfg.hyp, init_weights=cfg.init_weights,
                            allow_pickle=cfg.allow_pickle, on_nonfinite=cfg.on_nonfinite,
-                           overlay_samples=cfg.overlay_samples, init_strict=cfg.init_strict)
+                           overlay_samples=cfg.overlay_samples, init_strict=cfg.init_strict,
+                           val_nms=cfg.val_nms)
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
