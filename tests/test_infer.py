@@ -24,8 +24,9 @@ from fastsam_train.infer.geometry import (
     samplers_for,
     snap_boxes_to_border,
 )
-from fastsam_train.infer.output import decode_rle, encode_rle, overlay, to_json
+from fastsam_train.infer.output import overlay, to_json
 from fastsam_train.infer.postprocess import Segmentation, decode_detections, segment_image
+from fastsam_train.masks import decode_rle, encode_masks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -344,7 +345,7 @@ def masks_list(k: int) -> list:
 # --- outputs ------------------------------------------------------------------------------------
 def test_rle_round_trip_and_json():
     masks = nested_masks()
-    rles = encode_rle(masks)
+    rles = encode_masks(masks)
     assert all(isinstance(r["counts"], str) and r["size"] == [10, 10] for r in rles)
     assert torch.equal(decode_rle(rles), masks)
     seg = Segmentation(torch.tensor([[0.0, 0, 10, 10], [2, 2, 8, 8], [4, 4, 6, 6]]),

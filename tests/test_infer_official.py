@@ -15,7 +15,7 @@ import torchvision
 
 from fastsam_train.infer import PredictOptions, Predictor
 from fastsam_train.infer.official import prototype_crop
-from fastsam_train.infer.output import decode_rle
+from fastsam_train.masks import decode_rle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

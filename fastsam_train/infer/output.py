@@ -9,37 +9,17 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from fastsam_train.data.render import palette
+from fastsam_train.masks import encode_masks, rle_areas
 
 if TYPE_CHECKING:
     from fastsam_train.infer.postprocess import Segmentation
 
 
-def encode_rle(masks: torch.Tensor) -> list[dict]:
-    """bool (n, H, W) -> n COCO RLE dicts ``{"size": [H, W], "counts": str}``."""
-    if len(masks) == 0:
-        return []
-    array = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
-    rles = mask_utils.encode(array)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def decode_rle(rles: list[dict], hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """COCO RLE dicts -> bool (n, H, W) (``hw`` gives the shape when the list is empty)."""
-    if not rles:
-        return torch.zeros((0, *(hw or (0, 0))), dtype=torch.bool)
-    coded = [{"size": r["size"], "counts": r["counts"].encode("ascii")
-              if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-    return torch.from_numpy(mask_utils.decode(coded)).permute(2, 0, 1).bool()
-
-
 def segmentation_rles(seg: Segmentation) -> list[dict]:
     """The RLEs of ``seg`` (encoded from its dense masks if it has no RLEs yet)."""
-    return seg.rles if seg.rles is not None else encode_rle(seg.masks)
+    return seg.rles if seg.rles is not None else encode_masks(seg.masks)
 
 
 def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -> dict:
@@ -50,9 +30,7 @@ def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -
     if seg.areas is not None:
         areas = seg.areas.tolist()
     else:
-        # one RLE per call: pycocotools' area() of > 255 RLEs at once fails under NumPy 2
-        areas = [int(mask_utils.area({"size": r["size"], "counts": r["counts"].encode("ascii")}))
-                 for r in rles]
+        areas = [int(a) for a in rle_areas(rles)]
     annotations = []
     for rle, box, score, area in zip(rles, seg.boxes.tolist(), seg.scores.tolist(), areas,
                                      strict=True):

@@ -20,7 +20,6 @@ from fastsam_train.images import ImageReadError
 from fastsam_train.infer import prompts as P
 from fastsam_train.infer.geometry import letterbox_batch
 from fastsam_train.infer.official import check_protocol, letterbox_square, official_imgsz
-from fastsam_train.infer.output import decode_rle
 from fastsam_train.infer.postprocess import (
     Segmentation,
     decode_detections,
@@ -28,6 +27,7 @@ from fastsam_train.infer.postprocess import (
     torch_threads,
 )
 from fastsam_train.infer.weights import build_network, read_weights
+from fastsam_train.masks import decode_rle
 
 Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ImageLike = str | Path | np.ndarray

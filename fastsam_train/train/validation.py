@@ -14,16 +14,10 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools import mask as mask_utils
 
 from fastsam_train.data.render import palette
+from fastsam_train.masks import encode_mask
 from fastsam_train.metrics.recall import average_recall
-
-
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode()
-    return rle
 
 
 def gt_instance_masks(batch: dict, index: int, overlap: bool) -> np.ndarray:
@@ -59,7 +53,7 @@ class ValidationAccumulator:
                 common = {"image_id": image_id, "category_id": 1, "iscrowd": 0,
                           "area": float(w * h), "id": len(self.gt_box) + 1 + _rank() * 10**8}
                 self.gt_box.append({**common, "bbox": [cx - w / 2, cy - h / 2, w, h]})
-                self.gt_mask.append({**common, "segmentation": _rle(mask),
+                self.gt_mask.append({**common, "segmentation": encode_mask(mask, text=True),
                                      "area": float(mask.sum()) / ratio**2})
             self._add_predictions(image_id, pred)
             if len(self.overlays) < keep_images:
@@ -73,7 +67,7 @@ class ValidationAccumulator:
             x0, y0, x1, y1 = box.tolist()
             self.dt_box.append({"image_id": image_id, "bbox": [x0, y0, x1 - x0, y1 - y0],
                                 "score": float(score)})
-            self.dt_mask.append({"image_id": image_id, "segmentation": _rle(mask),
+            self.dt_mask.append({"image_id": image_id, "segmentation": encode_mask(mask, text=True),
                                  "score": float(score)})
 
     def compute(self) -> dict[str, float]:
