@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.core import Prediction, to_prediction
+from fastsam_train.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,8 @@ def write_report(out_dir: str | Path, task: str, metrics: dict[str, float],
                           for p, (ks, ar) in (curves or {}).items()},
                "paper": {title: rows for title, _, rows, _ in PAPER[task]}}
     paths = {"metrics": out / "metrics.json", "markdown": out / "report.md"}
-    paths["metrics"].write_text(json.dumps(payload, indent=2))
-    paths["markdown"].write_text(markdown(task, metrics, info))
+    atomic_write_json(paths["metrics"], payload, indent=2)
+    atomic_write_text(paths["markdown"], markdown(task, metrics, info))
     if curves:
         paths["plot"] = plot_curves(curves, out / "ar_curve.png", task)
     return paths

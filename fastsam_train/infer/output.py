@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from fastsam_train.data.render import palette
+from fastsam_train.io import atomic_write_image, atomic_write_json
 from fastsam_train.masks import encode_masks, rle_areas
 
 if TYPE_CHECKING:
@@ -47,10 +47,7 @@ def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -
 
 def save_json(seg: Segmentation, path: str | Path, image: str = "",
               tags: list[str] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_json(seg, image, tags)))
-    return path
+    return atomic_write_json(path, to_json(seg, image, tags), fsync=False)
 
 
 def overlay(image: np.ndarray, masks: torch.Tensor, points: np.ndarray | None = None,
@@ -87,8 +84,4 @@ def overlay(image: np.ndarray, masks: torch.Tensor, points: np.ndarray | None = 
 
 
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
-    return path
+    return atomic_write_image(path, rgb[..., ::-1], fsync=False)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from fastsam_train.data.render import palette
+from fastsam_train.io import atomic_write_image
 from fastsam_train.masks import encode_mask
 from fastsam_train.metrics.recall import average_recall
 
@@ -95,9 +96,8 @@ class ValidationAccumulator:
         if not self.overlays:
             return None
         grid = np.concatenate(self.overlays, axis=1)
-        path = out_dir / "overlays" / f"val_epoch{epoch:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), grid[..., ::-1])
+        path = atomic_write_image(out_dir / "overlays" / f"val_epoch{epoch:03d}.png",
+                                  grid[..., ::-1])
         for logger in loggers:
             name = type(logger).__name__
             if name == "WandbLogger":
