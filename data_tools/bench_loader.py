@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from fastsam_train import ultra
-from fastsam_train.data.render import parse_label
+from fastsam_train.data.labels import parse_label
 from fastsam_train.train.module import OUR_HYP_KEYS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fastsam_train.data.render import render_sample
 from fastsam_train.data.shards import iter_shard
 from fastsam_train.io import atomic_write_image
+from fastsam_train.plots import render_sample
 
 log = logging.getLogger("render_shard")
 

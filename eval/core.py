@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from eval.datasets import EvalDataset
 from eval.resume import ResultLog
-from fastsam_train.images import read_image
+from fastsam_train import images as image_files
 from fastsam_train.masks import as_numpy, encode_masks, rle_stats
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def read_rgb(path, image: dict, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     orientation is ignored: annotations are in stored pixel order). Read by
     ``fastsam_train.images``: over ``max_pixels`` is refused before decoding, corrupt data is
     logged."""
-    rgb = read_image(path, max_pixels, color="rgb", corrupt="warn", orientation=False)
+    rgb = image_files.read_rgb(path, max_pixels, orientation=False)
     if rgb.shape[:2] != (image["height"], image["width"]):
         raise ValueError(f"image id {image['id']} ({path}) is {rgb.shape[:2]} but "
                          f"{(image['height'], image['width'])} in the annotations")

@@ -40,7 +40,7 @@ from eval.bsds.masks import edges_from_masks
 from eval.core import MAX_PIXELS
 from eval.datasets import data_root
 from fastsam_train.data.bsds import split_dirs
-from fastsam_train.images import read_image
+from fastsam_train.images import read_rgb
 from fastsam_train.io import atomic_write_image, atomic_write_json, atomic_write_text
 
 # FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50, as the paper
@@ -103,11 +103,6 @@ def bsds_records(image_dir: str | Path, gt_dir: str | Path,
                                 f"(looked for {no_image[0]}.jpg/.png in {image_dir})")
     records = [{"id": i, "image": images[i], "gt": gts[i]} for i in sorted(gts)]
     return records[:max_images] if max_images else records
-
-
-def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 (H, W, 3) via ``fastsam_train.images`` (a pixel limit before decoding)."""
-    return read_image(path, max_pixels, color="rgb", corrupt="warn")
 
 
 def edge_stream(records: Sequence[dict], predictor, batch_size: int = 1,

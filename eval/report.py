@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from eval.core import Prediction, to_prediction
-from fastsam_train.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -130,57 +129,6 @@ def markdown(task: str, metrics: dict[str, float], info: dict) -> str:
         lines.append("")
     sources = [f"Sources: {SOURCES}"] if any(rows for _, _, rows, _ in PAPER[task]) else []
     return "\n".join(lines + sources + [""])
-
-
-def plot_curves(curves: dict[str, tuple], path: str | Path, task: str = "") -> Path:
-    """AR (%) vs number of proposals per image (log x), one line per IoU type; the paper's
-    FastSAM points where published (Figure 5 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for prefix, (ks, ar) in curves.items():
-        ax.semilogx(ks, 100 * np.asarray(ar), marker="o", ms=3, label=f"ours ({prefix})")
-    if task in PAPER_CURVE:
-        prefix, points = PAPER_CURVE[task]
-        ax.scatter(list(points), list(points.values()), marker="*", s=90, color="k",
-                   label=f"FastSAM paper ({prefix})", zorder=3)
-    ax.set(xlabel="proposals per image", ylabel="AR@k (%), IoU .50:.95", ylim=(0, 100),
-           title=f"{task} AR vs #proposals")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def write_report(out_dir: str | Path, task: str, metrics: dict[str, float],
-                 curves: dict[str, tuple] | None = None, info: dict | None = None
-                 ) -> dict[str, Path]:
-    """Write ``metrics.json``, ``report.md`` and (with curves) ``ar_curve.png``; their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = info or {}
-    payload = {"task": task, **info, "metrics": {k: _json_safe(v) for k, v in metrics.items()},
-               "curves": {p: {"k": [int(k) for k in ks], "ar": [_json_safe(float(a)) for a in ar]}
-                          for p, (ks, ar) in (curves or {}).items()},
-               "paper": {title: rows for title, _, rows, _ in PAPER[task]}}
-    paths = {"metrics": out / "metrics.json", "markdown": out / "report.md"}
-    atomic_write_json(paths["metrics"], payload, indent=2)
-    atomic_write_text(paths["markdown"], markdown(task, metrics, info))
-    if curves:
-        paths["plot"] = plot_curves(curves, out / "ar_curve.png", task)
-    return paths
 
 
 class PredictionWriter:

@@ -34,9 +34,9 @@ from fastsam_train import ultra
 from fastsam_train.cli import main as cli_main
 from fastsam_train.data.convert import ConvertOptions, plan, run_conversion
 from fastsam_train.data.demo import sa1b_record, synth_image
+from fastsam_train.data.labels import parse_label
 from fastsam_train.data.manifest import finalize
 from fastsam_train.data.records import RecordOptions
-from fastsam_train.data.render import parse_label
 from fastsam_train.data.sa1b import valid_key
 from fastsam_train.data.shards import iter_shard
 from fastsam_train.images import ImageReadError, decode_image

@@ -1,15 +1,13 @@
-"""What a prediction leaves behind: COCO RLE masks, a JSON document and a PNG overlay."""
+"""What a prediction leaves behind: COCO RLE masks, a JSON document and a PNG overlay (drawn by
+``fastsam_train.plots.mask_overlay``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import torch
 
-from fastsam_train.data.render import palette
 from fastsam_train.io import atomic_write_image, atomic_write_json
 from fastsam_train.masks import encode_masks, rle_areas
 
@@ -48,39 +46,6 @@ def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -
 def save_json(seg: Segmentation, path: str | Path, image: str = "",
               tags: list[str] | None = None) -> Path:
     return atomic_write_json(path, to_json(seg, image, tags), fsync=False)
-
-
-def overlay(image: np.ndarray, masks: torch.Tensor, points: np.ndarray | None = None,
-            labels: np.ndarray | None = None, boxes: np.ndarray | None = None,
-            alpha: float = 0.5, contours: bool = True) -> np.ndarray:
-    """RGB uint8 (H, W, 3) + bool masks (n, H, W) -> RGB uint8 with every mask tinted (largest
-    first, so small masks stay visible on top), outlined, and the prompts drawn: points (p, 2)
-    green (label 1) / red (label 0), boxes (b, 4) xyxy in blue."""
-    out = image.astype(np.float32)
-    masks = masks.cpu().numpy()
-    colours = np.array([c[::-1] for c in palette(len(masks))], np.float32).reshape(-1, 3)
-    order = np.argsort(-masks.sum((1, 2)), kind="stable")
-    label = np.full(image.shape[:2], -1, np.int32)
-    for k in order:
-        label[masks[k]] = k
-    hit = label >= 0
-    out[hit] = (1 - alpha) * out[hit] + alpha * colours[label[hit]]
-    out = out.clip(0, 255).astype(np.uint8)
-    if contours:
-        for k in order:
-            found, _ = cv2.findContours(masks[k].astype(np.uint8), cv2.RETR_EXTERNAL,
-                                        cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(out, found, -1, colours[k].tolist(), 1)
-    for box in [] if boxes is None else np.asarray(boxes).reshape(-1, 4):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (40, 90, 255), 2)
-    if points is not None:
-        labels = np.ones(len(points)) if labels is None else labels
-        for (x, y), lab in zip(np.asarray(points).reshape(-1, 2), labels, strict=True):
-            colour = (40, 220, 40) if lab == 1 else (230, 40, 40)
-            cv2.circle(out, (int(round(x)), int(round(y))), 5, colour, -1)
-            cv2.circle(out, (int(round(x)), int(round(y))), 5, (255, 255, 255), 1)
-    return out
 
 
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:

@@ -65,7 +65,7 @@ def read_image(image: ImageLike, max_pixels: int = PredictOptions.max_pixels) ->
     ``cv2.imread`` does; corrupt data logged); images over ``max_pixels`` are refused
     (ImageReadError, before decoding for files)."""
     if isinstance(image, str | Path):
-        return images.read_image(image, max_pixels, color="rgb", corrupt="warn")
+        return images.read_rgb(image, max_pixels)
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)

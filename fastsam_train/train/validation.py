@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from fastsam_train.data.render import palette
 from fastsam_train.io import atomic_write_image
 from fastsam_train.masks import encode_mask
 from fastsam_train.metrics.recall import average_recall
+from fastsam_train.plots import top_mask_overlay
 
 
 def gt_instance_masks(batch: dict, index: int, overlap: bool) -> np.ndarray:
@@ -58,7 +57,8 @@ class ValidationAccumulator:
                                      "area": float(mask.sum()) / ratio**2})
             self._add_predictions(image_id, pred)
             if len(self.overlays) < keep_images:
-                self.overlays.append(overlay(batch["img"][i], pred["masks"], pred["scores"]))
+                self.overlays.append(top_mask_overlay(batch["img"][i], pred["masks"],
+                                                      pred["scores"]))
 
     def _add_predictions(self, image_id: int, pred: dict) -> None:
         boxes = pred["boxes"].cpu().numpy()
@@ -105,20 +105,6 @@ class ValidationAccumulator:
             elif name == "TensorBoardLogger":
                 logger.experiment.add_image("val/overlays", grid, epoch, dataformats="HWC")
         return path
-
-
-def overlay(img: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
-            top: int = 30) -> np.ndarray:
-    """RGB uint8 (3, H, W) image + (n, h, w) masks -> RGB (H, W, 3) with the top masks drawn."""
-    image = img.permute(1, 2, 0).cpu().numpy().copy()
-    order = scores.argsort(descending=True)[:top].cpu().numpy()
-    colours = palette(len(order))
-    out = image.astype(np.float32)
-    for colour, k in zip(colours, order, strict=True):
-        mask = cv2.resize(masks[k].cpu().numpy(), image.shape[1::-1],
-                          interpolation=cv2.INTER_NEAREST).astype(bool)
-        out[mask] = 0.5 * out[mask] + 0.5 * np.array(colour[::-1], np.float32)
-    return out.clip(0, 255).astype(np.uint8)
 
 
 def _rank() -> int:
