@@ -24,7 +24,7 @@ Facts about ultralytics 8.4 that the callers rely on (checked against 8.4.190):
   ``accumulate_grad_batches``: multiply it back to match.
 * ``RULES``: where 8.0.120 (the FastSAM authors' trainer) and 8.4 differ, the loss, the "auto"
   optimizer, the warmup and the augmentations take a rule, "v8_0_120" or "v8_4" (the
-  differences are listed in ``v8_0.py``; ``data_tools/parity_8_0.py`` checks them).
+  differences are listed in ``v8_0.py``; ``data_tools/parity/parity_8_0.py`` checks them).
 * ``v8SegmentationLoss`` and ``ModelEMA`` capture tensors/devices when built (EMA on its first
   ``update``): build them after the model is on its final device. The EMA copy is no submodule.
 """
