@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from eval.core import Prediction, to_prediction
+from fastsam_train.io import atomic_write_json, atomic_write_text
+from fastsam_train.plots import plot_ar_curves
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,32 @@ def markdown(task: str, metrics: dict[str, float], info: dict) -> str:
         lines.append("")
     sources = [f"Sources: {SOURCES}"] if any(rows for _, _, rows, _ in PAPER[task]) else []
     return "\n".join(lines + sources + [""])
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_report(out_dir: str | Path, task: str, metrics: dict[str, float],
+                 curves: dict[str, tuple] | None = None, info: dict | None = None
+                 ) -> dict[str, Path]:
+    """Write ``metrics.json``, ``report.md`` and (with curves) ``ar_curve.png``; their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = info or {}
+    payload = {"task": task, **info, "metrics": {k: _json_safe(v) for k, v in metrics.items()},
+               "curves": {p: {"k": [int(k) for k in ks], "ar": [_json_safe(float(a)) for a in ar]}
+                          for p, (ks, ar) in (curves or {}).items()},
+               "paper": {title: rows for title, _, rows, _ in PAPER[task]}}
+    paths = {"metrics": out / "metrics.json", "markdown": out / "report.md"}
+    atomic_write_json(paths["metrics"], payload, indent=2)
+    atomic_write_text(paths["markdown"], markdown(task, metrics, info))
+    if curves:
+        paths["plot"] = plot_ar_curves(curves, out / "ar_curve.png", task,
+                                        paper=PAPER_CURVE.get(task))
+    return paths
 
 
 class PredictionWriter:
