@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fastsam_train.io import atomic_write_text  # noqa: E402
 from fastsam_train.sweeps import load_runs, sweep_table, to_csv, to_markdown  # noqa: E402
 
 
@@ -42,8 +43,8 @@ def main() -> int:
     runs = load_runs(args.sweep)
     columns, rows = sweep_table(runs, args.metrics)
     markdown = to_markdown(columns, rows)
-    (args.sweep / "summary.md").write_text(markdown)
-    (args.sweep / "summary.csv").write_text(to_csv(columns, rows))
+    atomic_write_text(args.sweep / "summary.md", markdown)
+    atomic_write_text(args.sweep / "summary.csv", to_csv(columns, rows))
     print(markdown, end="")
     missing = [r["run"] for r in runs if r["status"] != "done"]
     print(f"{len(runs)} runs, {len(missing)} missing{': ' + ', '.join(missing) if missing else ''}"

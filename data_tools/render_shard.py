@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import hydra
 from omegaconf import DictConfig
 
-from fastsam_train.data.render import render_sample
 from fastsam_train.data.shards import iter_shard
+from fastsam_train.io import atomic_write_image
+from fastsam_train.plots import render_sample
 
 log = logging.getLogger("render_shard")
 
@@ -30,7 +30,7 @@ def render(shards: Path, out: Path, count: int) -> list[Path]:
             if len(written) >= count:
                 return written
             target = out / f"{sample['__key__']}.png"
-            cv2.imwrite(str(target), render_sample(sample))
+            atomic_write_image(target, render_sample(sample), fsync=False)
             written.append(target)
     return written
 

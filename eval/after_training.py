@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from eval.bsds import plot_pr_curves, read_counts, summarize
+from fastsam_train.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -118,9 +119,9 @@ def select_edge_conf(run_dir: Path, weights: Path, shards: Path, root: str | Pat
                             f"paths.output_dir={run_dir / 'eval' / 'heldout' / f'conf_{conf}'}"])
         ods[conf] = run(cfg)["fastsam/ods"]
     best = max(candidates, key=lambda c: (ods[c], c))
-    (run_dir / "eval" / "edge_conf.json").write_text(json.dumps(
-        {"images": len(list(held[1].glob("*.mat"))), "ods": {str(c): v for c, v in ods.items()},
-         "chosen": best}, indent=2))
+    atomic_write_json(run_dir / "eval" / "edge_conf.json",
+                      {"images": len(list(held[1].glob("*.mat"))),
+                       "ods": {str(c): v for c, v in ods.items()}, "chosen": best}, indent=2)
     log.info("bsds_edges score threshold %s (held-out ODS %s)", best, ods)
     return best
 
@@ -150,8 +151,8 @@ def summarize_run(eval_dir: str | Path) -> dict[str, Path]:
     models = [f"{m} model" for m in MODELS if f"{m} model" in rows]  # models first
     rows = {name: rows[name] for name in [*models, *sorted(set(rows) - set(models))]}
     paths = {"markdown": eval_dir / "summary.md", "json": eval_dir / "summary.json"}
-    paths["json"].write_text(json.dumps(rows, indent=2))
-    paths["markdown"].write_text(summary_table(rows))
+    atomic_write_json(paths["json"], rows, indent=2)
+    atomic_write_text(paths["markdown"], summary_table(rows))
     if curves:
         paths["plot"] = plot_pr_curves(curves, eval_dir / "pr_curve.png",
                                        title="BSDS500 test: edges")

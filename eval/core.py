@@ -27,16 +27,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from eval.datasets import EvalDataset
 from eval.resume import ResultLog
-from fastsam_train.images import read_image
-from fastsam_train.metrics.matching import rle_areas
+from fastsam_train import images as image_files
+from fastsam_train.masks import as_numpy, encode_masks, rle_stats
 
 log = logging.getLogger(__name__)
-RLE_CHUNK = 64  # masks encoded at once: bounds the dense uint8 copy to 64 x H x W bytes
 
 
 class EmptyPredictionsError(ValueError):
@@ -96,36 +94,6 @@ class Prediction:
         return len(self.scores)
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def encode_masks(masks: Any, index: Sequence[int] | None = None) -> list[dict]:
-    """bool (n, H, W) numpy or torch -> COCO RLEs (str ``counts``) of ``masks[index]`` (all
-    when None), encoded chunk by chunk so no full dense copy is made."""
-    index = list(range(len(masks))) if index is None else [int(i) for i in index]
-    rles = []
-    for start in range(0, len(index), RLE_CHUNK):
-        chunk = _numpy(masks[index[start:start + RLE_CHUNK]]).astype(np.uint8)
-        rles.extend(mask_utils.encode(np.asfortranarray(chunk.transpose(1, 2, 0))))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def bytes_rles(rles: list[dict]) -> list[dict]:
-    return [{"size": r["size"], "counts": r["counts"].encode("ascii")
-             if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-
-
-def rle_stats(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(areas (n,), boxes (n, 4) xywh) exactly as pycocotools computes them."""
-    if not rles:
-        return np.zeros(0), np.zeros((0, 4))
-    coded = bytes_rles(rles)
-    return rle_areas(coded), mask_utils.toBbox(coded)
-
-
 def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Prediction:
     """Validate one predictor output against its image record and convert it.
 
@@ -133,8 +101,8 @@ def to_prediction(image: dict, output: dict, max_dets: int | None = None) -> Pre
     (``height`` x ``width`` of the annotation file), or a box is not xyxy.
     """
     iid, h, w = image["id"], image["height"], image["width"]
-    scores = _numpy(output["scores"]).astype(np.float64).reshape(-1)
-    boxes = _numpy(output["boxes"]).astype(np.float64).reshape(-1, 4)
+    scores = as_numpy(output["scores"]).astype(np.float64).reshape(-1)
+    boxes = as_numpy(output["boxes"]).astype(np.float64).reshape(-1, 4)
     masks = output.get("masks")
     rles = output.get("rles")
     if (masks is None) == (rles is None):
@@ -166,7 +134,7 @@ def read_rgb(path, image: dict, max_pixels: int) -> np.ndarray:
     has one (EXIF orientation is ignored: annotations are in stored pixel order, as BSR's
     MATLAB ``imread`` reads BSDS). Read by ``fastsam_train.images``: over ``max_pixels`` is
     refused before decoding, corrupt data is logged."""
-    rgb = read_image(path, max_pixels, color="rgb", corrupt="warn", orientation=False)
+    rgb = image_files.read_rgb(path, max_pixels, orientation=False)
     if "height" in image and rgb.shape[:2] != (image["height"], image["width"]):
         raise ValueError(f"image id {image['id']} ({path}) is {rgb.shape[:2]} but "
                          f"{(image['height'], image['width'])} in the annotations")

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -40,6 +39,7 @@ from eval.bsds import (
     write_results,
 )
 from eval.bsds.masks import edges_from_masks
+from fastsam_train.io import atomic_write_image, atomic_write_json, atomic_write_text
 
 # FastSAM Table 2 (= SAM Table 3 for the rows above FastSAM): ODS, OIS, AP, R50, as the paper
 # text in ../shared/paper reads; CUT: no number there (cut off), "—": the text prints a dash.
@@ -162,11 +162,8 @@ class EdgeMapWriter:
 
     def process(self, inputs: Sequence[dict], outputs: Sequence[np.ndarray]) -> None:
         for record, edges in zip(inputs, outputs, strict=True):
-            path = self.directory / f"{record['id']}.png"
-            tmp = path.with_name(f".{path.stem}.tmp.png")
-            if not cv2.imwrite(str(tmp), to_png(edges)):
-                raise OSError(f"could not write {tmp}")
-            os.replace(tmp, path)
+            atomic_write_image(self.directory / f"{record['id']}.png", to_png(edges),
+                               fsync=False)
 
     def evaluate(self) -> dict[str, float]:
         return {}
@@ -204,7 +201,6 @@ def markdown(results: dict[str, BoundaryScores], info: dict) -> str:
 def write_outputs(out: Path, results: dict[str, BoundaryScores], counts: dict[str, dict],
                   info: dict) -> dict[str, Path]:
     """metrics.json, report.md, pr_curve.png and BSR's files per method; their paths."""
-    import json
 
     out.mkdir(parents=True, exist_ok=True)
     for name, scores in results.items():
@@ -215,8 +211,8 @@ def write_outputs(out: Path, results: dict[str, BoundaryScores], counts: dict[st
                "paper": {n: dict(zip(COLUMNS, v, strict=True)) for n, v in PAPER.items()}}
     paths = {"metrics": out / "metrics.json", "markdown": out / "report.md",
              "plot": out / "pr_curve.png"}
-    paths["metrics"].write_text(json.dumps(payload, indent=2, default=str))
-    paths["markdown"].write_text(markdown(results, info))
+    atomic_write_json(paths["metrics"], payload, indent=2, default=str)
+    atomic_write_text(paths["markdown"], markdown(results, info))
     plot_pr_curves({f"{LABELS.get(n, n)} (ours)": s for n, s in results.items()}, paths["plot"],
                    title="BSDS500 test: zero-shot edges")
     return paths

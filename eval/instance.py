@@ -34,10 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from eval.core import EmptyPredictionsError, Prediction, bytes_rles
+from eval.core import EmptyPredictionsError, Prediction
+from fastsam_train.masks import bytes_rles, rects_to_rles
 from fastsam_train.metrics.instance_ap import InstanceAP
+from fastsam_train.metrics.matching import pairwise_iou
 
 
 def load_detections(source: str | Path | list, gt: dict) -> dict[int, list[dict]]:
@@ -81,16 +82,15 @@ def box_rles(boxes_xywh: np.ndarray, height: int, width: int) -> list[dict]:
     x2 = np.clip(np.round(b[:, 0] + b[:, 2]), 0, width)
     y2 = np.clip(np.round(b[:, 1] + b[:, 3]), 0, height)
     rects = np.stack([x1, y1, np.maximum(x2 - x1, 0), np.maximum(y2 - y1, 0)], 1)
-    return mask_utils.frPyObjects(rects.astype(np.float64), height, width)
+    return rects_to_rles(rects, height, width)
 
 
 def select_masks(rles: list[dict], boxes_xywh: np.ndarray, height: int,
                  width: int) -> tuple[np.ndarray, np.ndarray]:
     """For each box (b, 4) xywh, the index of the mask with the highest IoU with the filled box,
     and that IoU: ((b,) int, (b,) float). ``rles`` must be non-empty."""
-    ious = mask_utils.iou(bytes_rles(rles), box_rles(boxes_xywh, height, width),
-                          [0] * len(boxes_xywh))
-    ious = np.asarray(ious, dtype=np.float64).reshape(len(rles), len(boxes_xywh))
+    ious = pairwise_iou(bytes_rles(rles), box_rles(boxes_xywh, height, width),
+                        [False] * len(boxes_xywh))
     best = ious.argmax(0)
     return best, ious[best, np.arange(len(boxes_xywh))]
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from eval.core import Prediction, to_prediction
+from fastsam_train.io import atomic_write_json, atomic_write_text
+from fastsam_train.plots import plot_ar_curves
 
 log = logging.getLogger(__name__)
 
@@ -131,32 +133,6 @@ def markdown(task: str, metrics: dict[str, float], info: dict) -> str:
     return "\n".join(lines + sources + [""])
 
 
-def plot_curves(curves: dict[str, tuple], path: str | Path, task: str = "") -> Path:
-    """AR (%) vs number of proposals per image (log x), one line per IoU type; the paper's
-    FastSAM points where published (Figure 5 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for prefix, (ks, ar) in curves.items():
-        ax.semilogx(ks, 100 * np.asarray(ar), marker="o", ms=3, label=f"ours ({prefix})")
-    if task in PAPER_CURVE:
-        prefix, points = PAPER_CURVE[task]
-        ax.scatter(list(points), list(points.values()), marker="*", s=90, color="k",
-                   label=f"FastSAM paper ({prefix})", zorder=3)
-    ax.set(xlabel="proposals per image", ylabel="AR@k (%), IoU .50:.95", ylim=(0, 100),
-           title=f"{task} AR vs #proposals")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def _json_safe(value):
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -175,10 +151,11 @@ def write_report(out_dir: str | Path, task: str, metrics: dict[str, float],
                           for p, (ks, ar) in (curves or {}).items()},
                "paper": {title: rows for title, _, rows, _ in PAPER[task]}}
     paths = {"metrics": out / "metrics.json", "markdown": out / "report.md"}
-    paths["metrics"].write_text(json.dumps(payload, indent=2))
-    paths["markdown"].write_text(markdown(task, metrics, info))
+    atomic_write_json(paths["metrics"], payload, indent=2)
+    atomic_write_text(paths["markdown"], markdown(task, metrics, info))
     if curves:
-        paths["plot"] = plot_curves(curves, out / "ar_curve.png", task)
+        paths["plot"] = plot_ar_curves(curves, out / "ar_curve.png", task,
+                                        paper=PAPER_CURVE.get(task))
     return paths
 
 

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
-from fastsam_train.infer.output import decode_rle
 from fastsam_train.infer.postprocess import Segmentation
+from fastsam_train.masks import decode_rle, rle_boxes
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 # image encoder (embedding width, blocks) of each registered SAM
@@ -171,9 +170,7 @@ def mask_boxes(rles: list[dict], hw: tuple[int, int]) -> np.ndarray:
     """Tight xyxy boxes (x2, y2 exclusive) of COCO RLEs: (n, 4) float64."""
     if not rles:
         return np.zeros((0, 4))
-    coded = [{"size": r["size"], "counts": r["counts"].encode("ascii")
-              if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-    boxes = mask_utils.toBbox(coded).reshape(-1, 4)
+    boxes = rle_boxes(rles)
     boxes[:, 2:] += boxes[:, :2]
     return boxes
 

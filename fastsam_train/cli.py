@@ -35,8 +35,9 @@ from fastsam_train.infer import (
     read_weights,
     save_weights,
 )
-from fastsam_train.infer.output import overlay, save_json, save_png
+from fastsam_train.infer.output import save_json, save_png
 from fastsam_train.infer.prompts import check_boxes, check_points, check_texts
+from fastsam_train.plots import mask_overlay
 
 USER_ERRORS = (PromptError, ImageReadError, PickleRequiredError, FileNotFoundError, ValueError)
 PROMPT_KEYS = {"point_mode", "text_score", "text_crop", "clip_model", "clip_pretrained"}
@@ -216,7 +217,7 @@ def predict(args) -> list[Path]:
             if not args.no_json:
                 written.append(save_json(result, out / f"{name.stem}.json", str(name), tags))
             if not args.no_overlay:
-                drawn = overlay(image, result.masks, points=args.points, labels=args.labels,
+                drawn = mask_overlay(image, result.masks, points=args.points, labels=args.labels,
                                 boxes=_drawable(args.boxes, image.shape[:2]))
                 written.append(save_png(drawn, out / f"{name.stem}.png"))
     return written

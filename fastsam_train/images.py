@@ -196,3 +196,10 @@ def read_image(path: str | Path, max_pixels: int, **options) -> np.ndarray:
     except OSError as exc:
         raise ImageReadError("unreadable", f"cannot read image {path}: {exc}") from exc
     return decode_image(data, max_pixels, name=f"cannot read image {path}", **options)
+
+
+def read_rgb(path: str | Path, max_pixels: int, orientation: bool = True) -> np.ndarray:
+    """An image file -> RGB uint8 (H, W, 3) for a model: ``read_image`` with corrupt data
+    logged and kept (what decodes), as ``cv2.imread`` would; ``orientation`` as
+    ``decode_image``."""
+    return read_image(path, max_pixels, color="rgb", corrupt="warn", orientation=orientation)

@@ -23,8 +23,8 @@ from scipy.io import loadmat, savemat
 
 from fastsam_train.data.bsds import choose_annotators, read_segmentations
 from fastsam_train.data.convert import convert_from_config
+from fastsam_train.data.labels import parse_label
 from fastsam_train.data.polygons import mask_iou, polygon_to_mask, resize_mask
-from fastsam_train.data.render import parse_label
 from fastsam_train.data.shards import iter_shard
 
 REPO = Path(__file__).resolve().parents[1]

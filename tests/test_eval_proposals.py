@@ -225,11 +225,11 @@ def test_bad_input_is_an_error_not_a_zero():
 
 
 def test_benchmark_paths_compute_the_same_numbers(shared_data):
-    """data_tools/bench_eval.py's three paths (streaming, the previous in-memory evaluator,
+    """data_tools/bench/bench_eval.py's three paths (streaming, the previous in-memory evaluator,
     plain pycocotools) on a few tiled LVIS images with blob proposals: identical AR."""
     from eval_helpers import LVIS_JSON
 
-    from data_tools.bench_eval import run_method
+    from data_tools.bench.bench_eval import run_method
 
     rows = [run_method(m, str(shared_data / LVIS_JSON), 5, 80, 0)
             for m in ("stream", "current", "pycocotools")]

@@ -35,14 +35,14 @@ from fastsam_train.cli import main as cli_main
 from fastsam_train.data.convert import ConvertOptions, convert_dataset
 from fastsam_train.data.demo import sa1b_record, synth_image
 from fastsam_train.data.inputs import SA1BInput
-from fastsam_train.data.polygons import rle_counts
+from fastsam_train.data.labels import parse_label
 from fastsam_train.data.records import RecordOptions
-from fastsam_train.data.render import parse_label
 from fastsam_train.data.sa1b import valid_key
 from fastsam_train.data.shards import iter_shard
 from fastsam_train.images import ImageReadError, decode_image
 from fastsam_train.infer import PredictOptions, Predictor, PromptError, Segmentation
 from fastsam_train.infer.weights import Weights, save_weights
+from fastsam_train.masks import rle_counts
 
 REPO = Path(__file__).resolve().parents[1]
 HW = (60, 80)

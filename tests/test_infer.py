@@ -23,8 +23,10 @@ from fastsam_train.infer.geometry import (
     samplers_for,
     snap_boxes_to_border,
 )
-from fastsam_train.infer.output import decode_rle, encode_rle, overlay, to_json
+from fastsam_train.infer.output import to_json
 from fastsam_train.infer.postprocess import Segmentation, decode_detections, segment_image
+from fastsam_train.masks import decode_rle, encode_masks
+from fastsam_train.plots import mask_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -345,7 +347,7 @@ def masks_list(k: int) -> list:
 # --- outputs ------------------------------------------------------------------------------------
 def test_rle_round_trip_and_json():
     masks = nested_masks()
-    rles = encode_rle(masks)
+    rles = encode_masks(masks)
     assert all(isinstance(r["counts"], str) and r["size"] == [10, 10] for r in rles)
     assert torch.equal(decode_rle(rles), masks)
     seg = Segmentation(torch.tensor([[0.0, 0, 10, 10], [2, 2, 8, 8], [4, 4, 6, 6]]),
@@ -360,7 +362,7 @@ def test_rle_round_trip_and_json():
 
 def test_overlay_draws_every_mask_and_the_prompts():
     image = np.zeros((10, 10, 3), np.uint8)
-    out = overlay(image, nested_masks(), points=np.array([[1, 1]]), labels=np.array([1]),
+    out = mask_overlay(image, nested_masks(), points=np.array([[1, 1]]), labels=np.array([1]),
                   boxes=np.array([[0, 0, 9, 9]]), contours=False)
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[5, 5], out[3, 3])  # small mask drawn over the medium one

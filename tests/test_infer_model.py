@@ -23,7 +23,7 @@ from fastsam_train.infer import (
     read_weights,
     save_weights,
 )
-from fastsam_train.infer.output import decode_rle
+from fastsam_train.masks import decode_rle
 from fastsam_train.train.module import FastSAMModule
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torchvision
 
 from fastsam_train.infer import PredictOptions, Predictor
 from fastsam_train.infer.official import prototype_crop
-from fastsam_train.infer.output import decode_rle
+from fastsam_train.masks import decode_rle
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -227,7 +227,7 @@ def test_an_official_pool_is_the_prefix_of_a_lower_threshold_run():
 
 
 def test_disagreement_far_from_boundaries_counts_only_real_differences():
-    from data_tools.compare_protocols import far_from_boundaries
+    from data_tools.bench.compare_protocols import far_from_boundaries
 
     a = np.zeros((60, 60), bool)
     a[10:40, 10:40] = True

@@ -1,5 +1,5 @@
 """Our training code against ultralytics 8.0.120 (the FastSAM authors' trainer), through the small
-golden outputs that ``data_tools/parity_8_0.py --write-goldens`` wrote from the real 8.0.120
+golden outputs that ``data_tools/parity/parity_8_0.py --write-goldens`` wrote from the real 8.0.120
 (its own venv; too heavy for CI). Same inputs as the harness: seeded, machine-independent."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "parity_8_0_120"
-sys.path.insert(0, str(REPO / "data_tools"))
+sys.path.insert(0, str(REPO / "data_tools" / "parity"))
 import parity_8_0 as harness  # noqa: E402
 
 

@@ -8,7 +8,6 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from fastsam_train.data.polygons import (
-    decode_rle_crop,
     mask_crop_at_scale,
     mask_iou,
     mask_to_polygon,
@@ -16,6 +15,7 @@ from fastsam_train.data.polygons import (
     resize_mask,
     rle_to_polygon,
 )
+from fastsam_train.masks import decode_rle_crop
 
 
 def rle_of(mask: np.ndarray) -> dict:

@@ -5,6 +5,8 @@ pixel matching against every annotator (maxDist = 0.0075 x diagonal) -> per-imag
 dataset scores. See ``evaluate.benchmark_dir`` for a directory of PNGs.
 """
 
+from fastsam_train.plots import plot_pr_curves
+
 from .baselines import canny_edges, sobel_edges, to_png
 from .counts import (
     ImageCounts,
@@ -20,7 +22,6 @@ from .io import load_edge_map, load_ground_truth
 from .match import match_pixels
 from .metrics import BoundaryScores, area_pr, max_f, recall_at_50, summarize, write_bsr_files
 from .nms import conv_tri, edge_nms, edge_orientation, gradient2, nms_edges
-from .plot import plot_pr_curves
 from .thin import thin
 
 __all__ = [

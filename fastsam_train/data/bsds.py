@@ -32,13 +32,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
 from fastsam_train.data.inputs import Item
 from fastsam_train.data.instances import Instance, build_sample, decode_image
 from fastsam_train.data.records import RecordOptions, SkipImage
 from fastsam_train.data.sa1b import Source
+from fastsam_train.masks import encode_mask
 
 LAYOUTS = ("auto", "bsr", "flat")
 BSR_SUBDIR = Path("BSR") / "BSDS500" / "data"
@@ -104,11 +104,6 @@ def region_masks(seg: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """``(label, mask uint8 (H, W))`` per region of a label map (H, W), by label."""
     for label in np.unique(seg):
         yield int(label), (seg == label).astype(np.uint8)
-
-
-def encode(mask: np.ndarray) -> dict:
-    """Compressed COCO RLE (``counts`` bytes) of a uint8 mask (H, W), as pycocotools makes."""
-    return mask_utils.encode(np.asfortranarray(mask))
 
 
 @dataclass(frozen=True)
@@ -194,7 +189,7 @@ class BsdsInput:
         if image.shape[:2] != rec.segmentation.shape:
             raise SkipImage("image_size_mismatch", f"{rec.image_path} is {image.shape[:2]}, "
                             f"{rec.gt_path} is {rec.segmentation.shape}")
-        instances = [Instance(encode(mask), 0, {"id": label}) for label, mask in
+        instances = [Instance(encode_mask(mask), 0, {"id": label}) for label, mask in
                      region_masks(rec.segmentation)]
         info = {"image_id": rec.image_id, "file_name": rec.image_path.name,
                 "annotator": rec.annotator, "annotators": rec.annotators}

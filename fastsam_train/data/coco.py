@@ -40,12 +40,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pycocotools import mask as mask_utils
-
 from fastsam_train.data.inputs import Item
-from fastsam_train.data.instances import Instance, build_sample, decode_image, rle_is_valid
+from fastsam_train.data.instances import Instance, build_sample, decode_image
 from fastsam_train.data.records import RecordOptions, SkipImage
 from fastsam_train.data.sa1b import Source
+from fastsam_train.masks import compress_rle, polygons_to_rle, rle_is_valid
 
 LOCATE = ("auto", "file_name", "coco_url")
 CROWD = ("skip", "keep")
@@ -130,7 +129,7 @@ def to_rle(segmentation, hw: tuple[int, int], drops: Counter) -> tuple[dict | No
             return None, "bad_polygon"
         if not rings:
             return None, "no_valid_polygon"
-        return mask_utils.merge(mask_utils.frPyObjects(rings, h, w)), None
+        return polygons_to_rle(rings, h, w), None
     if not isinstance(segmentation, dict) or "counts" not in segmentation \
             or "size" not in segmentation:
         return None, "unknown_segmentation"
@@ -141,7 +140,7 @@ def to_rle(segmentation, hw: tuple[int, int], drops: Counter) -> tuple[dict | No
         if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) \
                 or sum(counts) != h * w:
             return None, "bad_rle"
-        return mask_utils.frPyObjects(segmentation, h, w), None
+        return compress_rle(segmentation, h, w), None
     if not isinstance(counts, str | bytes):
         return None, "unknown_segmentation"
     rle = {"size": [h, w], "counts": counts.encode("ascii", "replace")

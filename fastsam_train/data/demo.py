@@ -14,7 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from fastsam_train.masks import encode_mask, rle_areas, rle_boxes
 
 KINDS = ("ellipse", "rectangle", "polygon", "ring", "two_part", "nested")
 
@@ -82,13 +83,13 @@ def sa1b_record(image_id: int, hw: tuple[int, int], masks: list[np.ndarray],
     """The SA-1B json for one image: ``{"image": {...}, "annotations": [...]}``."""
     anns = []
     for k, mask in enumerate(masks):
-        rle = mask_utils.encode(np.asfortranarray(mask))
+        rle = encode_mask(mask)
         ys, xs = np.nonzero(mask)
         anns.append({
             "id": image_id * 1000 + k,
             "segmentation": {"size": [int(hw[0]), int(hw[1])], "counts": rle["counts"].decode()},
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-            "area": int(mask_utils.area(rle)),
+            "bbox": [float(v) for v in rle_boxes([rle])[0]],
+            "area": int(rle_areas([rle])[0]),
             "predicted_iou": float(rng.uniform(0.8, 1.0)),
             "stability_score": float(rng.uniform(0.85, 1.0)),
             "crop_box": [0.0, 0.0, float(hw[1]), float(hw[0])],

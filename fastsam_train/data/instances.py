@@ -16,13 +16,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from fastsam_train.data.labels import label_line
-from fastsam_train.data.polygons import rle_counts, rle_to_polygon
+from fastsam_train.data.polygons import rle_to_polygon
 from fastsam_train.data.records import RecordOptions, SkipImage, output_size, resize_encode
 from fastsam_train.images import ImageReadError
 from fastsam_train.images import decode_image as decode_untrusted
+from fastsam_train.masks import rle_areas, rle_boxes
 
 
 @dataclass
@@ -47,15 +47,6 @@ def decode_image(raw: bytes, max_pixels: int, name: str = "image") -> np.ndarray
         raise SkipImage(exc.reason, str(exc)) from exc
 
 
-def rle_is_valid(rle: dict, hw: tuple[int, int]) -> bool:
-    """Whether a compressed RLE decodes to exactly ``h x w`` pixels with no negative run."""
-    try:
-        runs = rle_counts(rle["counts"])
-    except (ValueError, TypeError, UnicodeEncodeError):
-        return False
-    return bool(runs.size and (runs >= 0).all() and int(runs.sum()) == hw[0] * hw[1])
-
-
 def build_sample(key: str, image: np.ndarray, instances: list[Instance], opts: RecordOptions,
                  drops: Counter, info: dict) -> dict[str, bytes | str]:
     """The sample (``__key__``, ``jpg``, ``txt``, ``json``) of ``image`` (BGR (H, W, 3)) and its
@@ -72,7 +63,7 @@ def build_sample(key: str, image: np.ndarray, instances: list[Instance], opts: R
     scale = (size[1] / hw[1], size[0] / hw[0])
     lines, metas = [], []
     for inst in instances:
-        area = float(mask_utils.area(inst.rle))
+        area = float(rle_areas([inst.rle])[0])
         reason = "zero_area" if area <= 0 else "below_min_area" if area < opts.min_area else None
         polygon = None if reason else rle_to_polygon(inst.rle, size, opts.multipart,
                                                      opts.min_part_area, opts.epsilon)
@@ -81,7 +72,7 @@ def build_sample(key: str, image: np.ndarray, instances: list[Instance], opts: R
         if reason is not None:
             drops[reason] += 1
             continue
-        x, y, w, h = mask_utils.toBbox(inst.rle).tolist()
+        x, y, w, h = rle_boxes([inst.rle])[0].tolist()
         sx, sy = scale
         lines.append(label_line(polygon, size, inst.cls))
         metas.append({**inst.meta, "bbox": [round(x * sx, 2), round(y * sy, 2),

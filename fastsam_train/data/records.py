@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 
 from fastsam_train.data.labels import label_line
-from fastsam_train.data.polygons import MULTIPART_MODES, RLETotalError, rle_to_polygon
+from fastsam_train.data.polygons import MULTIPART_MODES, rle_to_polygon
 from fastsam_train.data.sa1b import RawPair, parse_meta
 from fastsam_train.images import ImageReadError
 from fastsam_train.images import decode_image as decode_untrusted
+from fastsam_train.masks import RLETotalError
 
 log = logging.getLogger(__name__)
 # annotation drop reasons that mean broken input (logged per image), not a configured filter

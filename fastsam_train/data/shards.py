@@ -9,28 +9,18 @@ never sees a partial shard under its final name.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import webdataset as wds
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+from fastsam_train import io
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    """The converter's json files (markers, sizes, manifest): indent 1, sorted keys, a final
+    newline, written atomically (``fastsam_train.io``)."""
+    io.atomic_write_json(path, obj, indent=1, sort_keys=True, newline=True)
 
 
 class ShardWriter:
@@ -46,8 +36,7 @@ class ShardWriter:
         self.prefix, self.limit = prefix, samples_per_shard
         self.written: list[tuple[str, int]] = []
         self._tar: wds.TarWriter | None = None
-        self._file: BinaryIO | None = None
-        self._tmp: Path | None = None
+        self._file: io.AtomicFile | None = None
         self._count = 0
 
     def write(self, sample: dict[str, bytes | str]) -> None:
@@ -63,22 +52,15 @@ class ShardWriter:
             self._close()
 
     def _open(self) -> None:
-        final = self._final(len(self.written))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in _close)
+        self._file = io.AtomicFile(self._final(len(self.written)))
         # every header field fixed (time, owner, mode): equal input gives equal bytes
-        self._tar = wds.TarWriter(self._file, user="", group="", mode=0o444, mtime=0,
+        self._tar = wds.TarWriter(self._file.file, user="", group="", mode=0o444, mtime=0,
                                   encoder=False)
         self._count = 0
 
     def _close(self) -> None:
         self._tar.close()  # ends the archive; the file is ours to sync and close
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        final = self._final(len(self.written))
-        os.replace(self._tmp, final)
+        final = self._file.commit()
         self.written.append((final.name, self._count))
         self._tar = self._file = None
 

@@ -1,45 +1,23 @@
-"""What a prediction leaves behind: COCO RLE masks, a JSON document and a PNG overlay."""
+"""What a prediction leaves behind: COCO RLE masks, a JSON document and a PNG overlay (drawn by
+``fastsam_train.plots.mask_overlay``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import torch
-from pycocotools import mask as mask_utils
 
-from fastsam_train.data.render import palette
+from fastsam_train.io import atomic_write_image, atomic_write_json
+from fastsam_train.masks import encode_masks, rle_areas
 
 if TYPE_CHECKING:
     from fastsam_train.infer.postprocess import Segmentation
 
 
-def encode_rle(masks: torch.Tensor) -> list[dict]:
-    """bool (n, H, W) -> n COCO RLE dicts ``{"size": [H, W], "counts": str}``."""
-    if len(masks) == 0:
-        return []
-    array = np.asfortranarray(masks.permute(1, 2, 0).cpu().numpy().astype(np.uint8))
-    rles = mask_utils.encode(array)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def decode_rle(rles: list[dict], hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """COCO RLE dicts -> bool (n, H, W) (``hw`` gives the shape when the list is empty)."""
-    if not rles:
-        return torch.zeros((0, *(hw or (0, 0))), dtype=torch.bool)
-    coded = [{"size": r["size"], "counts": r["counts"].encode("ascii")
-              if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-    return torch.from_numpy(mask_utils.decode(coded)).permute(2, 0, 1).bool()
-
-
 def segmentation_rles(seg: Segmentation) -> list[dict]:
     """The RLEs of ``seg`` (encoded from its dense masks if it has no RLEs yet)."""
-    return seg.rles if seg.rles is not None else encode_rle(seg.masks)
+    return seg.rles if seg.rles is not None else encode_masks(seg.masks)
 
 
 def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -> dict:
@@ -50,9 +28,7 @@ def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -
     if seg.areas is not None:
         areas = seg.areas.tolist()
     else:
-        # one RLE per call: pycocotools' area() of > 255 RLEs at once fails under NumPy 2
-        areas = [int(mask_utils.area({"size": r["size"], "counts": r["counts"].encode("ascii")}))
-                 for r in rles]
+        areas = [int(a) for a in rle_areas(rles)]
     annotations = []
     for rle, box, score, area in zip(rles, seg.boxes.tolist(), seg.scores.tolist(), areas,
                                      strict=True):
@@ -69,48 +45,8 @@ def to_json(seg: Segmentation, image: str = "", tags: list[str] | None = None) -
 
 def save_json(seg: Segmentation, path: str | Path, image: str = "",
               tags: list[str] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_json(seg, image, tags)))
-    return path
-
-
-def overlay(image: np.ndarray, masks: torch.Tensor, points: np.ndarray | None = None,
-            labels: np.ndarray | None = None, boxes: np.ndarray | None = None,
-            alpha: float = 0.5, contours: bool = True) -> np.ndarray:
-    """RGB uint8 (H, W, 3) + bool masks (n, H, W) -> RGB uint8 with every mask tinted (largest
-    first, so small masks stay visible on top), outlined, and the prompts drawn: points (p, 2)
-    green (label 1) / red (label 0), boxes (b, 4) xyxy in blue."""
-    out = image.astype(np.float32)
-    masks = masks.cpu().numpy()
-    colours = np.array([c[::-1] for c in palette(len(masks))], np.float32).reshape(-1, 3)
-    order = np.argsort(-masks.sum((1, 2)), kind="stable")
-    label = np.full(image.shape[:2], -1, np.int32)
-    for k in order:
-        label[masks[k]] = k
-    hit = label >= 0
-    out[hit] = (1 - alpha) * out[hit] + alpha * colours[label[hit]]
-    out = out.clip(0, 255).astype(np.uint8)
-    if contours:
-        for k in order:
-            found, _ = cv2.findContours(masks[k].astype(np.uint8), cv2.RETR_EXTERNAL,
-                                        cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(out, found, -1, colours[k].tolist(), 1)
-    for box in [] if boxes is None else np.asarray(boxes).reshape(-1, 4):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (40, 90, 255), 2)
-    if points is not None:
-        labels = np.ones(len(points)) if labels is None else labels
-        for (x, y), lab in zip(np.asarray(points).reshape(-1, 2), labels, strict=True):
-            colour = (40, 220, 40) if lab == 1 else (230, 40, 40)
-            cv2.circle(out, (int(round(x)), int(round(y))), 5, colour, -1)
-            cv2.circle(out, (int(round(x)), int(round(y))), 5, (255, 255, 255), 1)
-    return out
+    return atomic_write_json(path, to_json(seg, image, tags), fsync=False)
 
 
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
-    return path
+    return atomic_write_image(path, rgb[..., ::-1], fsync=False)

@@ -22,7 +22,7 @@ from fastsam_train.infer.official import (
     official_masks,
     scale_boxes,
 )
-from fastsam_train.infer.output import encode_rle
+from fastsam_train.masks import encode_masks
 
 MAX_NMS = 30000  # candidates kept for NMS, highest scores first (ultralytics' max_nms)
 
@@ -142,6 +142,6 @@ def segment_image(raw_det: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prot
         for _, masks, _, area in parts:
             areas.append(area)
             if rle:
-                seg.rles.extend(encode_rle(masks))
+                seg.rles.extend(encode_masks(masks))
     seg.areas = torch.cat(areas) if areas else torch.zeros(0, dtype=torch.long)
     return seg

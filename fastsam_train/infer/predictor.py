@@ -22,7 +22,6 @@ from fastsam_train.images import ImageReadError
 from fastsam_train.infer import prompts as P
 from fastsam_train.infer.geometry import letterbox_batch
 from fastsam_train.infer.official import check_protocol, letterbox_square, official_imgsz
-from fastsam_train.infer.output import decode_rle
 from fastsam_train.infer.postprocess import (
     Segmentation,
     decode_detections,
@@ -30,6 +29,7 @@ from fastsam_train.infer.postprocess import (
     torch_threads,
 )
 from fastsam_train.infer.weights import build_network, read_weights
+from fastsam_train.masks import decode_rle
 
 Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ImageLike = str | Path | np.ndarray
@@ -77,7 +77,7 @@ def read_image(image: ImageLike, max_pixels: int = PredictOptions.max_pixels) ->
     ``cv2.imread`` does; corrupt data logged); images over ``max_pixels`` are refused
     (ImageReadError, before decoding for files)."""
     if isinstance(image, str | Path):
-        return images.read_image(image, max_pixels, color="rgb", corrupt="warn")
+        return images.read_rgb(image, max_pixels)
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)

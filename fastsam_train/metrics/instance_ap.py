@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fastsam_train.masks import rle_areas
 from fastsam_train.metrics.matching import (
     AREA_RANGES,
     IOU_THRESHOLDS,
@@ -40,7 +41,6 @@ from fastsam_train.metrics.matching import (
     gt_regions,
     in_range,
     pairwise_iou,
-    rle_areas,
     score_order,
 )
 

@@ -30,13 +30,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import Params
 
+from fastsam_train.masks import compress_rle, polygons_to_rle
+
 _PARAMS = Params(iouType="segm")
 IOU_THRESHOLDS: np.ndarray = np.asarray(_PARAMS.iouThrs, dtype=np.float64)  # (10,) .50:.05:.95
 RECALL_THRESHOLDS: np.ndarray = np.asarray(_PARAMS.recThrs, dtype=np.float64)  # (101,)
 AREA_RANGES: tuple[tuple[float, float], ...] = tuple(tuple(r) for r in _PARAMS.areaRng)
 AREA_NAMES: tuple[str, ...] = tuple(_PARAMS.areaRngLbl)  # all, small, medium, large
 IOU_TYPES = ("segm", "bbox")
-AREA_CHUNK = 255  # pycocotools' mask.area() fails on more RLEs at once with NumPy 2
 
 
 class GroundTruthIndex:
@@ -78,9 +79,9 @@ def gt_regions(anns: Sequence[dict], height: int, width: int, iou_type: str) -> 
     for ann in anns:
         seg = ann["segmentation"]
         if isinstance(seg, list):
-            out.append(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
+            out.append(polygons_to_rle(seg, height, width))
         elif isinstance(seg["counts"], list):
-            out.append(mask_utils.frPyObjects(seg, height, width))
+            out.append(compress_rle(seg, height, width))
         else:
             out.append(seg)
     return out
@@ -94,16 +95,6 @@ def pairwise_iou(dt, gt, crowd: Sequence[bool]) -> np.ndarray:
         return np.zeros((n_dt, n_gt))
     ious = mask_utils.iou(dt, gt, [int(bool(c)) for c in crowd])
     return np.asarray(ious, dtype=np.float64).reshape(n_dt, n_gt)
-
-
-def rle_areas(rles: Sequence[dict]) -> np.ndarray:
-    """(n,) float64 pixel counts, ``pycocotools.mask.area`` in chunks (see AREA_CHUNK)."""
-    if not len(rles):
-        return np.zeros(0)
-    coded = [{"size": r["size"], "counts": r["counts"].encode("ascii")
-              if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-    return np.concatenate([mask_utils.area(coded[i:i + AREA_CHUNK])
-                           for i in range(0, len(coded), AREA_CHUNK)]).astype(np.float64)
 
 
 def in_range(areas: np.ndarray, area_range: Sequence[float]) -> np.ndarray:

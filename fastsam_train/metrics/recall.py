@@ -39,8 +39,8 @@ import faster_coco_eval
 import numpy as np
 import pycocotools.coco
 import pycocotools.cocoeval
-from pycocotools import mask as mask_utils
 
+from fastsam_train.masks import rle_areas, rle_boxes
 from fastsam_train.metrics.matching import (
     AREA_NAMES,
     AREA_RANGES,
@@ -221,9 +221,9 @@ def _results(gt, proposals: list[dict], iou_type: str, engine: str):
         ann = {**p, "id": i, "iscrowd": 0, "category_id": category}
         if iou_type == "segm":
             if "area" not in ann:
-                ann["area"] = float(mask_utils.area(ann["segmentation"]))
+                ann["area"] = float(rle_areas([ann["segmentation"]])[0])
             if "bbox" not in ann:
-                ann["bbox"] = mask_utils.toBbox(ann["segmentation"]).tolist()
+                ann["bbox"] = rle_boxes([ann["segmentation"]])[0].tolist()
         else:
             x, y, w, h = ann["bbox"]
             ann["area"] = w * h

@@ -14,6 +14,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from fastsam_train import io
+
 log = logging.getLogger(__name__)
 
 
@@ -32,11 +34,10 @@ class LastCheckpoint(L.Callback):
     def save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        final = self.dirpath / "last.ckpt"
-        tmp = self.dirpath / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, final)
+        # a fixed temp name (not per pid): requeued jobs must not leave one copy each
+        with io.atomic_path(self.dirpath / "last.ckpt", unique=False,
+                            commit=trainer.is_global_zero) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
         trainer.strategy.barrier("last_checkpoint")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from fastsam_train import io
 from fastsam_train.train.module import FastSAMModule
 from fastsam_train.train.recipe import log_departures
 
@@ -64,11 +64,7 @@ def write_summary(path: Path, trainer: L.Trainer, module: L.LightningModule,
                "parameters": int(sum(p.numel() for p in module.model.parameters())),
                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
-    return path
+    return io.atomic_write_json(path, summary, indent=2)
 
 
 def save_initial_weights(module: FastSAMModule, path: Path) -> Path:

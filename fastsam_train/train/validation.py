@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools import mask as mask_utils
 
-from fastsam_train.data.render import palette
+from fastsam_train.io import atomic_write_image
+from fastsam_train.masks import encode_mask
 from fastsam_train.metrics.recall import average_recall
-
-
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode()
-    return rle
+from fastsam_train.plots import top_mask_overlay
 
 
 def gt_instance_masks(batch: dict, index: int, overlap: bool) -> np.ndarray:
@@ -59,11 +53,12 @@ class ValidationAccumulator:
                 common = {"image_id": image_id, "category_id": 1, "iscrowd": 0,
                           "area": float(w * h), "id": len(self.gt_box) + 1 + _rank() * 10**8}
                 self.gt_box.append({**common, "bbox": [cx - w / 2, cy - h / 2, w, h]})
-                self.gt_mask.append({**common, "segmentation": _rle(mask),
+                self.gt_mask.append({**common, "segmentation": encode_mask(mask, text=True),
                                      "area": float(mask.sum()) / ratio**2})
             self._add_predictions(image_id, pred)
             if len(self.overlays) < keep_images:
-                self.overlays.append(overlay(batch["img"][i], pred["masks"], pred["scores"]))
+                self.overlays.append(top_mask_overlay(batch["img"][i], pred["masks"],
+                                                      pred["scores"]))
 
     def _add_predictions(self, image_id: int, pred: dict) -> None:
         boxes = pred["boxes"].cpu().numpy()
@@ -73,7 +68,7 @@ class ValidationAccumulator:
             x0, y0, x1, y1 = box.tolist()
             self.dt_box.append({"image_id": image_id, "bbox": [x0, y0, x1 - x0, y1 - y0],
                                 "score": float(score)})
-            self.dt_mask.append({"image_id": image_id, "segmentation": _rle(mask),
+            self.dt_mask.append({"image_id": image_id, "segmentation": encode_mask(mask, text=True),
                                  "score": float(score)})
 
     def compute(self) -> dict[str, float]:
@@ -101,9 +96,8 @@ class ValidationAccumulator:
         if not self.overlays:
             return None
         grid = np.concatenate(self.overlays, axis=1)
-        path = out_dir / "overlays" / f"val_epoch{epoch:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), grid[..., ::-1])
+        path = atomic_write_image(out_dir / "overlays" / f"val_epoch{epoch:03d}.png",
+                                  grid[..., ::-1])
         for logger in loggers:
             name = type(logger).__name__
             if name == "WandbLogger":
@@ -111,20 +105,6 @@ class ValidationAccumulator:
             elif name == "TensorBoardLogger":
                 logger.experiment.add_image("val/overlays", grid, epoch, dataformats="HWC")
         return path
-
-
-def overlay(img: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor,
-            top: int = 30) -> np.ndarray:
-    """RGB uint8 (3, H, W) image + (n, h, w) masks -> RGB (H, W, 3) with the top masks drawn."""
-    image = img.permute(1, 2, 0).cpu().numpy().copy()
-    order = scores.argsort(descending=True)[:top].cpu().numpy()
-    colours = palette(len(order))
-    out = image.astype(np.float32)
-    for colour, k in zip(colours, order, strict=True):
-        mask = cv2.resize(masks[k].cpu().numpy(), image.shape[1::-1],
-                          interpolation=cv2.INTER_NEAREST).astype(bool)
-        out[mask] = 0.5 * out[mask] + 0.5 * np.array(colour[::-1], np.float32)
-    return out.clip(0, 255).astype(np.uint8)
 
 
 def _rank() -> int:

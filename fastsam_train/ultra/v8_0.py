@@ -2,7 +2,7 @@
 
 FastSAM was trained with a fork of ultralytics 8.0.120 (reg_max 26, overlap_mask False). Where 8.4
 computes something differently, this module subclasses 8.4's class and overrides only what
-differs, in our own code (checked against the real 8.0.120 by ``data_tools/parity_8_0.py``):
+differs, in our own code (checked against the real 8.0.120 by ``data_tools/parity/parity_8_0.py``):
 
 * Assigner: 8.4 enlarges ground-truth boxes with a side under 16 px to 16 px before choosing the
   anchors inside them; 8.0.120 uses the boxes as they are (tiny SA-1B masks get fewer anchors).

@@ -2,7 +2,8 @@
 ``exact`` (each pixel at its true position) and ``official`` (ultralytics 8.0.120, as the paper's
 numbers were made), pixel by pixel.
 
-    python data_tools/compare_protocols.py --weights last.ckpt ../shared/data/sa1b_images/*.jpg
+    python data_tools/bench/compare_protocols.py --weights last.ckpt \
+        ../shared/data/sa1b_images/*.jpg
 
 Per image: the letterbox padding in prototype cells (fractional or whole), the masks' pixels,
 the pixels on which the two disagree, and those of them more than ``--far`` px from the

@@ -1,6 +1,6 @@
 """The ultralytics 8.0.120 side of ``parity_8_0.py``; runs inside the harness's own venv.
 
-    <venv>/bin/python data_tools/parity_worker_8_0.py <workdir>
+    <venv>/bin/python data_tools/parity/parity_worker_8_0.py <workdir>
 
 Reads ``<workdir>/inputs.npz`` and ``spec.json`` (written by ``parity_8_0.py``), writes
 ``<workdir>/theirs_{loss,train,pipeline}.npz``. Imports only numpy, torch, cv2 and ultralytics

@@ -1,8 +1,8 @@
 """Benchmark the proposal evaluation at scale: streaming (ours) vs the previous in-memory path vs
 plain pycocotools, peak memory and time, with projections for LVIS v1 val and COCO val2017.
 
-    python data_tools/bench_eval.py                                  # 100, 1000, 5000 images
-    python data_tools/bench_eval.py --sizes 100 1000 --methods stream,current
+    python data_tools/bench/bench_eval.py                                  # 100, 1000, 5000 images
+    python data_tools/bench/bench_eval.py --sizes 100 1000 --methods stream,current
 
 Ground truth: the real LVIS v0.5 annotations of ``../shared/data/lvis_sample`` (100 images,
 polygons, LVIS frequencies; ``--annotation`` for another file) tiled to N images (new ids; the
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GT = REPO.parent / "shared" / "data" / "lvis_sample" / "lvis_v0.5_val_100.json"
 KS = (10, 100, 1000)
 # public dataset sizes (images, annotations) for the projections

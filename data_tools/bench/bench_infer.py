@@ -1,8 +1,8 @@
 """FastSAM's Table 1 on this machine: ms per image, FastSAM-x / -s against SAM ViT-B and ViT-H.
 
-    python data_tools/bench_infer.py              # one full run (about an hour on 2 CPU cores)
-    python data_tools/bench_infer.py --quick      # SAM E32 / E64 extrapolated from E16 (labelled)
-    python data_tools/bench_infer.py --skip-slow  # also no SAM ViT-H row
+    python data_tools/bench/bench_infer.py              # one full run (~1 h on 2 CPU cores)
+    python data_tools/bench/bench_infer.py --quick      # SAM E32 / E64 from E16 (labelled)
+    python data_tools/bench/bench_infer.py --skip-slow  # also no SAM ViT-H row
 
 Columns as the paper's Table 1: 1 / 10 / 100 point prompts and everything mode with a 16 x 16,
 32 x 32 and 64 x 64 point grid (SAM's E16 / E32 / E64; FastSAM's everything mode is one pass

@@ -1,7 +1,7 @@
 """Training-loader throughput at the fastsam_x settings, per CPU core.
 
-    python data_tools/bench_loader.py              # ~3 min on 2 cores
-    python data_tools/bench_loader.py --samples 40 --repeats 1
+    python data_tools/bench/bench_loader.py              # ~3 min on 2 cores
+    python data_tools/bench/bench_loader.py --samples 40 --repeats 1
 
 What one loader worker does per training image, timed in one process (CPU seconds, so the
 number is images per second per core): decode the shard sample (JPEG + label text),
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from fastsam_train import ultra
-from fastsam_train.data.render import parse_label
+from fastsam_train.data.labels import parse_label
 from fastsam_train.train.module import OUR_HYP_KEYS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data" / "sa1b_images"
 
 
@@ -141,7 +141,7 @@ def ultralytics_loader(samples: list, hyp, tmp: Path) -> float:
 
 def gpu_rates(mfu: float) -> dict[str, float]:
     """Images/s per GPU for yolov8x-seg at 1024 (bench_train.py's projection)."""
-    sys.path.insert(0, str(REPO / "data_tools"))
+    sys.path.insert(0, str(REPO / "data_tools" / "bench"))
     import bench_train
 
     flops, _ = bench_train.train_flops_per_image(

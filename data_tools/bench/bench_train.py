@@ -1,7 +1,7 @@
 """Benchmark our Lightning training against ultralytics' own trainer, on the same images.
 
-    python data_tools/bench_train.py                      # ~12 min on 2 CPU cores
-    python data_tools/bench_train.py --repeats 1 --mem-batches 12 --flops-imgsz 640  # ~5 min
+    python data_tools/bench/bench_train.py                      # ~12 min on 2 CPU cores
+    python data_tools/bench/bench_train.py --repeats 1 --mem-batches 12 --flops-imgsz 640  # ~5 min
 
 Uses the configured demo shards (built when missing, as ``python train.py`` does), copied to a
 temp dir so that every run reads the same files. Prints:
@@ -65,7 +65,7 @@ from fastsam_train.train.datamodule import ShardDataModule
 from fastsam_train.train.module import OUR_HYP_KEYS
 from fastsam_train.train.shardlist import resolve_split
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER_IMAGES = 220_000  # the 2% SA-1B sample (~11M images / 50)
 PAPER_EPOCHS = 100
 GPU_PEAK = {"A100": 312e12, "H100 SXM": 989e12}  # dense fp16/bf16 tensor-core FLOP/s

@@ -1,8 +1,8 @@
 """Benchmark the BSDS boundary evaluation: ours vs pyedgeeval, the full HED run, baselines.
 
-    python data_tools/bench_bsds.py compare --images 10 --workers 2   # speed + metric deltas
-    python data_tools/bench_bsds.py hed --workers 2 --plot hed_pr.png   # 200 HED maps
-    python data_tools/bench_bsds.py baselines --workers 2               # Sobel / Canny rows
+    python data_tools/bench/bench_bsds.py compare --images 10 --workers 2   # speed + metric deltas
+    python data_tools/bench/bench_bsds.py hed --workers 2 --plot hed_pr.png   # 200 HED maps
+    python data_tools/bench/bench_bsds.py baselines --workers 2               # Sobel / Canny rows
 
 Data come from ``--data`` (default: ../shared/data beside the repo). ``compare`` needs the
 dev-only reference ``pip install pyedgeeval`` (a Cython port of BSR's CSA matcher).
@@ -39,9 +39,9 @@ from eval.bsds import (
     to_png,
 )
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 # BSR's settings (nthresh 99, maxDist 0.0075) from their one home, the edge task's config
-_TASK = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/task/bsds_edges.yaml").task
+_TASK = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/task/bsds_edges.yaml").task
 BSR = {"nthresh": int(_TASK.nthresh), "max_dist": float(_TASK.max_dist)}
 PUBLISHED_HED = {"ods": 0.788, "ois": 0.806, "ap": 0.809, "r50": 0.898}
 

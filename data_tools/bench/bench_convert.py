@@ -1,7 +1,7 @@
 """Benchmark SA-1B conversion on SA-1B-like data: polygon fidelity, throughput, memory.
 
-    python data_tools/bench_convert.py            # 8 images x 100 masks at real SA-1B size
-    python data_tools/bench_convert.py --images 16 --masks 100
+    python data_tools/bench/bench_convert.py            # 8 images x 100 masks at real SA-1B size
+    python data_tools/bench/bench_convert.py --images 16 --masks 100
 
 SA-1B-like: the real SA-1B photos in ../shared/data/sa1b_images when present (else synthetic
 images of 1500x2250), each with ~100 masks whose relative size sqrt(area / image area) spans
@@ -42,7 +42,7 @@ from fastsam_train.data.records import (
 )
 from fastsam_train.data.sa1b import RawPair
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "sa1b_images"
+SHARED_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "sa1b_images"
 SA1B_IMAGES_2PCT = 220_000
 
 

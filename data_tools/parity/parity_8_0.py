@@ -1,8 +1,8 @@
 """Parity harness: our training code against the real ultralytics 8.0.120 (FastSAM's trainer).
 
-    python data_tools/parity_8_0.py                    # all parts, ~10 min on 2 cores
-    python data_tools/parity_8_0.py --parts loss train # some parts
-    python data_tools/parity_8_0.py --write-goldens    # also refresh tests/golden/parity_8_0_120/
+    python data_tools/parity/parity_8_0.py                    # all parts, ~10 min on 2 cores
+    python data_tools/parity/parity_8_0.py --parts loss train # some parts
+    python data_tools/parity/parity_8_0.py --write-goldens    # also refresh the goldens
 
 Makes its own venv (``--venv``, default ``~/.cache/fastsam-parity/venv``) with ultralytics
 8.0.120, torch 2.0.1, numpy < 2 on first use, writes identical inputs (SA-1B-like synthetic
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from fastsam_train import ultra
 from fastsam_train.train.module import FastSAMModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "parity_8_0_120"
 WORKER = Path(__file__).with_name("parity_worker_8_0.py")
 VENV_PACKAGES = ["ultralytics==8.0.120", "torch==2.0.1", "torchvision==0.15.2", "numpy<2",

@@ -1,0 +1,1 @@
+"""Measurement scripts: speed, memory and fidelity benchmarks (run as scripts)."""
