@@ -261,12 +261,8 @@ def bsds_regions(split_dirs: tuple[Path, Path], annotator: str = "median",
     the annotator chosen by ``annotator`` (``fastsam_train.data.bsds.choose_annotators``; with
     ``all`` every annotator's regions), regions under ``min_area`` pixels left out. Raises
     FileNotFoundError / ValueError naming a missing folder or a bad .mat file."""
-    from fastsam_train.data.bsds import (
-        choose_annotators,
-        encode,
-        read_segmentations,
-        region_masks,
-    )
+    from fastsam_train.data.bsds import choose_annotators, read_segmentations, region_masks
+    from fastsam_train.masks import encode_mask
 
     image_dir, gt_dir = split_dirs
     files = sorted(gt_dir.glob("*.mat")) if gt_dir.is_dir() else []
@@ -282,10 +278,8 @@ def bsds_regions(split_dirs: tuple[Path, Path], annotator: str = "median",
                 area = int(mask.sum())
                 if area < min_area:
                     continue
-                rle = encode(mask)
                 anns.append({"id": len(anns) + 1, "image_id": int(path.stem), "category_id": 1,
-                             "segmentation": {"size": rle["size"],
-                                              "counts": rle["counts"].decode("ascii")},
+                             "segmentation": encode_mask(mask, text=True),
                              "area": float(area), "bbox": mask_box(mask), "iscrowd": 0})
     return {"images": images, "annotations": anns,
             "categories": [{"id": 1, "name": "region"}]}
