@@ -3,7 +3,7 @@
 ``data.shards`` takes one of three forms:
 
 * a local folder holding ``train/`` and ``val/``, each with its shards and a ``sizes.json``
-  (``{shard file name: samples}``), as ``data_tools/convert_sa1b.py`` writes them;
+  (``{shard file name: samples}``), as ``data_tools/convert.py`` writes them;
 * the same layout behind HTTP: ``http(s)://host/path`` (``<url>/<split>/sizes.json`` is fetched
   and names the shards);
 * a mapping ``{train: <urls>, val: <urls>}`` of webdataset shard specs: brace lists
@@ -64,7 +64,7 @@ def resolve_split(shards: str | Mapping, split: str, size: int | None = None
         folder = Path(shards) / split
         if not (folder / SIZES).is_file():
             raise FileNotFoundError(f"no {split} shards at {folder} (expected {folder / SIZES}; "
-                                    "convert SA-1B with data_tools/convert_sa1b.py first)")
+                                    "convert a dataset with data_tools/convert.py first)")
         sizes = _read_sizes(str(folder / SIZES))
         urls = [str(folder / name) for name in sorted(sizes)]
         missing = [Path(u).name for u in urls if not Path(u).is_file()]
