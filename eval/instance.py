@@ -145,7 +145,6 @@ class InstanceEvaluator:
         self._seen: set[int] = set()
         self._with_dets = self._boxes = 0
         self._dropped = dict.fromkeys(self.pools, 0)
-        self._results = dict.fromkeys(self.pools, 0)
         for ap in self._ap.values():
             ap.reset()
 
@@ -197,9 +196,7 @@ class InstanceEvaluator:
         self._boxes += boxes
         self._with_dets += bool(boxes)
         for name, ap in self._ap.items():
-            dropped = int(result[f"{name}:dropped"])
-            self._dropped[name] += dropped
-            self._results[name] += boxes - dropped
+            self._dropped[name] += int(result[f"{name}:dropped"])
             prefix = f"{name}:"
             ap.add(image_id, {k[len(prefix):]: v for k, v in result.items()
                               if k.startswith(prefix)})
@@ -207,7 +204,8 @@ class InstanceEvaluator:
     def evaluate(self) -> dict[str, float]:
         if not self._seen:
             raise EmptyPredictionsError("no images were processed")
-        if not any(self._results.values()):
+        chosen = {name: self._boxes - dropped for name, dropped in self._dropped.items()}
+        if not any(chosen.values()):
             raise EmptyPredictionsError(
                 f"no detection box fell on the {len(self._seen)} evaluated images (or the model "
                 "found no mask there); refusing to report AP 0.000 - check that the detections "
@@ -216,7 +214,7 @@ class InstanceEvaluator:
                    "images_with_boxes": float(self._with_dets)}
         for i, (name, ap) in enumerate(self._ap.items()):
             prefix = pool_prefix(name, i == 0)
-            if self._results[name]:
+            if chosen[name]:
                 metrics.update({f"{prefix}/{k}": v for k, v in ap.summary().items()})
             metrics.update({f"{prefix}/boxes": float(self._boxes),
                             f"{prefix}/boxes_without_mask": float(self._dropped[name])})

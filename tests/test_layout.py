@@ -23,21 +23,29 @@ ULTRALYTICS_EXEMPT = {
 }
 
 
-def imported_modules(path: Path) -> list[tuple[str, int]]:
-    """Absolute module names ``path`` imports (``from x import y`` gives ``x`` and ``x.y``, as
-    y may be a submodule) with their line numbers; relative imports resolved."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+def from_imports(path: Path) -> list[tuple[ast.ImportFrom, str]]:
+    """Every ``from x import ...`` of ``path`` (inside functions too) with the absolute name of
+    ``x`` (relative imports resolved)."""
     package = list(path.relative_to(REPO).with_suffix("").parts)[:-1]
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
-            found.append((base, node.lineno))
-            found += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
+            found.append((node, base))
+    return found
+
+
+def imported_modules(path: Path) -> list[tuple[str, int]]:
+    """Absolute module names ``path`` imports (``from x import y`` gives ``x`` and ``x.y``, as
+    y may be a submodule) with their line numbers; relative imports resolved."""
+    found = [(alias.name, node.lineno)
+             for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+             if isinstance(node, ast.Import) for alias in node.names]
+    for node, base in from_imports(path):
+        found.append((base, node.lineno))
+        found += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
     return found
 
 
@@ -151,13 +159,7 @@ def test_every_project_import_resolves():
 
     missing = []
     for path in CODE:
-        package = list(path.relative_to(REPO).with_suffix("").parts)[:-1]
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+        for node, base in from_imports(path):
             if base.split(".")[0] not in ("fastsam_train", "eval"):
                 continue
             module = importlib.import_module(base)

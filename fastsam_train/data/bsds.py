@@ -35,8 +35,8 @@ import numpy as np
 from scipy.io import loadmat
 
 from fastsam_train.data.inputs import Item
-from fastsam_train.data.instances import Instance, build_sample, decode_image
-from fastsam_train.data.records import RecordOptions, SkipImage
+from fastsam_train.data.instances import Instance, build_sample
+from fastsam_train.data.records import RecordOptions, SkipImage, decode_image
 from fastsam_train.data.sa1b import Source
 from fastsam_train.masks import encode_mask
 
@@ -184,8 +184,8 @@ class BsdsInput:
             raise SkipImage(*rec.error)
         if rec.image_path is None:
             raise SkipImage("missing_image", f"no image for {rec.gt_path}")
-        image = decode_image(rec.image_path.read_bytes(), opts.max_pixels,
-                             str(rec.image_path))
+        image = decode_image(rec.image_path.read_bytes(), opts.max_pixels, str(rec.image_path),
+                             orientation=False)
         if image.shape[:2] != rec.segmentation.shape:
             raise SkipImage("image_size_mismatch", f"{rec.image_path} is {image.shape[:2]}, "
                             f"{rec.gt_path} is {rec.segmentation.shape}")

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fastsam_train.data.inputs import Item
-from fastsam_train.data.instances import Instance, build_sample, decode_image
-from fastsam_train.data.records import RecordOptions, SkipImage
+from fastsam_train.data.instances import Instance, build_sample
+from fastsam_train.data.records import RecordOptions, SkipImage, decode_image
 from fastsam_train.data.sa1b import Source
 from fastsam_train.masks import compress_rle, polygons_to_rle, rle_is_valid
 
@@ -248,7 +248,7 @@ class CocoInput:
                             "would leave the image root")
         if not path.is_file():
             raise SkipImage("missing_image", str(path))
-        image = decode_image(path.read_bytes(), opts.max_pixels, str(path))
+        image = decode_image(path.read_bytes(), opts.max_pixels, str(path), orientation=False)
         hw = image.shape[:2]
         if (record.get("height"), record.get("width")) != hw:
             raise SkipImage("image_size_mismatch", f"{path} is {hw[0]}x{hw[1]}, the json says "

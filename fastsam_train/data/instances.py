@@ -20,8 +20,6 @@ import numpy as np
 from fastsam_train.data.labels import label_line
 from fastsam_train.data.polygons import rle_to_polygon
 from fastsam_train.data.records import RecordOptions, SkipImage, output_size, resize_encode
-from fastsam_train.images import ImageReadError
-from fastsam_train.images import decode_image as decode_untrusted
 from fastsam_train.masks import rle_areas, rle_boxes
 
 
@@ -33,18 +31,6 @@ class Instance:
     rle: dict
     cls: int = 0
     meta: dict = field(default_factory=dict)
-
-
-def decode_image(raw: bytes, max_pixels: int, name: str = "image") -> np.ndarray:
-    """Image file bytes (JPEG, PNG, ...) -> BGR uint8 (H, W, 3) in stored pixel order, through
-    the one strict decoder (``fastsam_train.images``: pixel limit before decoding, corrupt data
-    an error). EXIF orientation is ignored: COCO-format annotations are in the stored pixel
-    order. Raises ``SkipImage`` (``corrupt_image``, ``too_many_pixels``, ``not_an_image``)."""
-    try:
-        return decode_untrusted(raw, max_pixels, name=name, color="bgr", corrupt="error",
-                                orientation=False)
-    except ImageReadError as exc:
-        raise SkipImage(exc.reason, str(exc)) from exc
 
 
 def build_sample(key: str, image: np.ndarray, instances: list[Instance], opts: RecordOptions,

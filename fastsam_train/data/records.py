@@ -69,11 +69,15 @@ def output_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def decode_image(raw: bytes, max_pixels: int, name: str = "image") -> np.ndarray:
-    """JPEG bytes -> BGR uint8 (H, W, 3) via ``fastsam_train.images`` (corrupt data is an
-    error); SkipImage('corrupt_image' / 'too_many_pixels' / 'not_an_image') otherwise."""
+def decode_image(raw: bytes, max_pixels: int, name: str = "image",
+                 orientation: bool = True) -> np.ndarray:
+    """Image bytes -> BGR uint8 (H, W, 3) via ``fastsam_train.images`` (pixel limit before
+    decoding, corrupt data an error); SkipImage('corrupt_image' / 'too_many_pixels' /
+    'not_an_image') otherwise. ``orientation=False``: stored pixel order (COCO-format
+    annotations are in it)."""
     try:
-        return decode_untrusted(raw, max_pixels, name=name, color="bgr", corrupt="error")
+        return decode_untrusted(raw, max_pixels, name=name, color="bgr", corrupt="error",
+                                orientation=orientation)
     except ImageReadError as exc:
         raise SkipImage(exc.reason, str(exc)) from exc
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from fastsam_train.masks import rle_areas
 from fastsam_train.metrics.matching import (
+    AREA_NAMES,
     AREA_RANGES,
     IOU_THRESHOLDS,
     RECALL_THRESHOLDS,
@@ -45,7 +46,7 @@ from fastsam_train.metrics.matching import (
 )
 
 COCO_MAX_DETS = 100  # pycocotools' maxDets[-1]: per image and category
-AREAS = ("", "_s", "_m", "_l")
+AREAS = tuple("" if a == "all" else f"_{a[0]}" for a in AREA_NAMES)  # "", "_s", "_m", "_l"
 FREQUENCIES = ("r", "c", "f")  # lvis-api's order of frequency groups
 
 
